@@ -1,0 +1,3 @@
+from fundus_cli.cli import main
+
+main()

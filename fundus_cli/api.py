@@ -1,0 +1,101 @@
+"""The importable API: one function per command, typed configs in, result dataclasses out.
+
+Everything here raises `FundusError` for problems the user can fix and never prints;
+`fundus_cli.cli` is a thin layer that parses options and calls these functions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fundus_cli.data.ingest import IngestConfig, IngestResult
+from fundus_cli.errors import FundusError
+
+__all__ = ["IngestConfig", "IngestResult", "describe", "ingest", "phantoms"]
+
+
+def ingest(config: IngestConfig) -> IngestResult:
+    """Read a folder of photographs into `train.h5`, `holdout.h5` and `ingest-report.json`."""
+    from fundus_cli.data.ingest import ingest as run
+
+    return run(config)
+
+
+def phantoms(out_dir: Path, *, n: int = 200, seed: int = 0, overwrite: bool = False) -> Any:
+    """Write `n` synthetic fundus-like photographs and `labels.csv`: the built-in demo and test data."""
+    from fundus_cli.data.phantoms import write_phantoms
+    from fundus_cli.progress import track
+
+    if n < 1:
+        raise FundusError(f"--n {n}: ask for at least one image.")
+    with track("phantoms", n) as advance:
+        return write_phantoms(Path(out_dir), n=n, seed=seed, on_progress=advance, overwrite=overwrite)
+
+
+def describe(path: Path, *, verify: bool = False) -> dict[str, Any]:
+    """What a fundus-cli file holds, as a JSON-able dict (`fundus info`)."""
+    path = Path(path)
+    if not path.exists():
+        raise FundusError(f"{path}: no such file.")
+    from fundus_cli.data import h5
+
+    if path.is_file() and h5.is_dataset_file(path):
+        return _describe_dataset(path, verify=verify)
+    if path.suffix == ".json":
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FundusError(f"{path}: not valid JSON ({e}).") from None
+        if isinstance(obj, dict) and str(obj.get("format", "")).startswith("fundus-cli"):
+            return {"path": str(path), "type": obj["format"], "fundus_cli_version": obj.get("fundus_cli_version"),
+                    "summary": {k: v for k, v in obj.items() if k in ("counts", "decision", "fingerprints")}}
+    raise FundusError(f"{path}: not a file that fundus-cli knows (an .h5 dataset or a fundus-cli .json report).")
+
+
+def _describe_dataset(path: Path, *, verify: bool) -> dict[str, Any]:
+    from fundus_cli.data import h5
+
+    with h5.open_dataset(path) as r:
+        info = r.info
+        labels = r.labels()
+        counts = {name: int((labels == i).sum()) for i, name in enumerate(info.class_names)}
+        if (labels == -1).any():
+            counts["unknown"] = int((labels == -1).sum())
+        patients = r.patients()
+        quality = {q: {"median": float(np.nanmedian(v)) if v.size else None}
+                   for q, v in r.quality().items()}
+        groups = r.dup_groups()
+        _, group_sizes = np.unique(groups, return_counts=True) if groups.size else (None, np.array([]))
+        out: dict[str, Any] = {
+            "path": str(path),
+            "type": "dataset",
+            "split": info.split,
+            "kind": info.kind,
+            "images": info.count,
+            "image_size": info.image_size,
+            "file_bytes": path.stat().st_size,
+            "class_names": list(info.class_names),
+            "label_counts": counts,
+            "patients": len(set(patients)),
+            "duplicate_groups": int((group_sizes > 1).sum()),
+            "pseudonymized": info.pseudonymized,
+            "fingerprint": info.fingerprint,
+            "schema_version": info.schema_version,
+            "created": info.created,
+            "fundus_cli_version": info.fundus_cli_version,
+            "provenance": info.provenance,
+            "options": info.options,
+            "quality_medians": {q: v["median"] for q, v in quality.items()},
+        }
+        if verify:
+            actual = r.compute_fingerprint()
+            out["fingerprint_verified"] = actual == info.fingerprint
+            if actual != info.fingerprint:
+                raise FundusError(f"{path}: the images do not match the stored fingerprint (stored "
+                                  f"{info.fingerprint[:12]}, computed {actual[:12]}): the file was altered "
+                                  "after it was written. Re-create it.")
+    return out

@@ -1,0 +1,202 @@
+"""The `fundus` command line: parse options, call one `api` function, print a summary.
+
+Main outputs (a path, or a JSON line with --json) go to stdout so that `$(fundus ...)`
+works in shell scripts; progress, tables and messages go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fundus_cli import __version__, api, progress
+from fundus_cli.errors import FundusError
+
+err = Console(stderr=True, highlight=False)
+
+EXIT_CODES_HELP = "Exit codes: 0 success, 1 audit failed, 2 bad input or usage, 3 inconclusive audit, 130 interrupted."
+
+
+class _App(typer.Typer):
+    """Turns FundusError into one clear line on stderr and exit code 2 (traceback only with --debug)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except FundusError as e:
+            if _state["debug"]:
+                raise
+            err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            if _state["debug"]:
+                raise
+            err.print("[yellow]interrupted[/]: nothing was left half-written; run the same command again to resume.")
+            sys.exit(130)
+
+
+app = _App(
+    name="fundus",
+    help="Synthetic retinal fundus photographs from a folder of real ones, checked for realism, usefulness "
+    "and privacy.\n\nA project folder uses data/ for datasets, runs/<arch>/ for training runs and reports/ "
+    "for reports, so the commands chain with no options:\n\n"
+    "  fundus phantoms raw && fundus ingest raw\n\n" + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state: dict[str, Any] = {"debug": False, "quiet": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fundus-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary tables.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show a traceback for errors.")] = False,
+) -> None:
+    _state["quiet"] = quiet
+    _state["debug"] = debug
+    progress.set_enabled(not quiet and err.is_terminal)
+
+
+def _say(message: str) -> None:
+    if not _state["quiet"]:
+        err.print(message, soft_wrap=True)
+
+
+def _emit(main_output: Path | str, summary: dict[str, Any], as_json: bool) -> None:
+    """The command's result on stdout: its main output path, or one JSON line."""
+    if as_json:
+        typer.echo(json.dumps(summary, default=str))
+    else:
+        typer.echo(str(main_output))
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a one-line JSON summary on stdout instead of the path.")]
+
+
+@app.command("phantoms", short_help="Write built-in demo photographs + labels.csv.  e.g. fundus phantoms raw --n 200")
+def phantoms_cmd(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to create (must be empty or absent).")] = Path("raw"),
+    n: Annotated[int, typer.Option("--n", help="Number of photographs.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same images.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty folder.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate realistic fundus-like photographs (healthy, diabetic retinopathy, AMD; left and right
+    eyes of each patient) with labels.csv, so every command can be tried without real data.
+
+    Example: fundus phantoms raw --n 200 --seed 0
+    """
+    result = api.phantoms(out_dir, n=n, seed=seed, overwrite=force)
+    _say(f"wrote {result.n_images} photographs and {result.labels_csv}")
+    _emit(out_dir, {"out_dir": str(out_dir), "images": result.n_images, "labels": str(result.labels_csv)}, as_json)
+
+
+@app.command("ingest", short_help="Folder of photographs -> data/train.h5 + holdout.h5.  e.g. fundus ingest ./raw")
+def ingest_cmd(
+    raw: Annotated[Path, typer.Argument(help="Folder of JPEG/PNG/TIFF/BMP photographs (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("data"),
+    size: Annotated[int, typer.Option(help="Side of the stored square images in pixels (32 or more).")] = 256,
+    labels: Annotated[Optional[str], typer.Option(
+        help="CSV of labels, or 'folders' to use class subfolder names. Default: RAW/labels.csv if present.")] = None,
+    id_column: Annotated[Optional[str], typer.Option(help="CSV column naming the image (default: recognised, "
+                                                           "e.g. image, id_code).")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="CSV column with the class (default: recognised, "
+                                                              "e.g. label, diagnosis, level).")] = None,
+    patient_column: Annotated[Optional[str], typer.Option(help="CSV column with the patient id.")] = None,
+    patient_regex: Annotated[Optional[str], typer.Option(
+        help="Regex on the file name giving the patient id (group 'patient' or group 1), e.g. '(\\d+)_(left|right)'.")] = None,
+    holdout_fraction: Annotated[float, typer.Option(help="Share of images held out, split by patient.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the train/holdout split.")] = 0,
+    workers: Annotated[int, typer.Option(help="Decoding processes (0 = all cores).")] = 0,
+    pseudonymize: Annotated[bool, typer.Option(
+        help="Store salted hashes instead of file names and patient ids; the mapping goes to a separate CSV.")] = False,
+    salt: Annotated[Optional[str], typer.Option(help="Salt for --pseudonymize (default: random).")] = None,
+    pseudonym_map: Annotated[Optional[Path], typer.Option(
+        help="Where the pseudonym mapping goes (default: OUT/pseudonym-map.csv). Keep it with the data owner.")] = None,
+    min_quality: Annotated[Optional[str], typer.Option(
+        help="Reject images below limits, e.g. 'brightness=0.08,sharpness=20' "
+             "(names: brightness, contrast, sharpness, fov_fraction).")] = None,
+    dup_threshold: Annotated[int, typer.Option(help="Perceptual-hash bits that may differ between near duplicates.")] = 4,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Read a folder of fundus photographs into a clean HDF5 dataset: find the field of view, crop and
+    resize, measure quality, find duplicates, and split by patient into train and holdout files.
+
+    Example: fundus ingest ./raw --out data --size 256 --patient-regex '(\\d+)_(left|right)'
+    """
+    cfg = api.IngestConfig(raw=raw, out=out, size=size, labels=labels, id_column=id_column, label_column=label_column,
+                           patient_column=patient_column, patient_regex=patient_regex,
+                           holdout_fraction=holdout_fraction, seed=seed, workers=workers, pseudonymize=pseudonymize,
+                           salt=salt, pseudonym_map=pseudonym_map, min_quality=min_quality,
+                           dup_threshold=dup_threshold, force=force)
+    r = api.ingest(cfg)
+    if not _state["quiet"]:
+        for note in r.notes:
+            err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+        table = Table(title=f"ingest: {r.n_found} images found in {raw}", title_justify="left")
+        table.add_column("split")
+        for name in (*r.class_names, *(["unknown"] if any("unknown" in c for c in r.counts.values()) else [])):
+            table.add_column(name, justify="right")
+        table.add_column("total", justify="right")
+        for split, counts in r.counts.items():
+            cols = [str(counts.get(name, 0)) for name in (*r.class_names, "unknown") if
+                    name in r.class_names or any("unknown" in c for c in r.counts.values())]
+            table.add_row(split, *cols, str(sum(counts.values())))
+        err.print(table)
+        err.print(f"rejected: {r.n_rejected}   duplicate groups: {r.n_duplicate_groups}   "
+                  f"time: {r.seconds:.1f} s" + (f"   resumed: {r.resumed_images}" if r.resumed_images else ""))
+        err.print(f"read  {raw}\nwrote {r.train}\n      {r.holdout}\n      {r.report}")
+        if r.pseudonym_map:
+            err.print(f"      {r.pseudonym_map}  [bold yellow](pseudonym mapping: keep it with the data owner, "
+                      "do not share it with the data)[/]")
+    _emit(r.train, {"train": r.train, "holdout": r.holdout, "report": r.report, "n_train": r.n_train,
+                    "n_holdout": r.n_holdout, "rejected": r.n_rejected}, as_json)
+
+
+@app.command("info", short_help="Describe a dataset or report file.  e.g. fundus info data/train.h5")
+def info_cmd(
+    path: Annotated[Path, typer.Argument(help="A fundus-cli file (.h5 dataset or .json report).")],
+    verify: Annotated[bool, typer.Option("--verify", help="Recompute the content fingerprint.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Describe what a fundus-cli file holds: counts, image size, labels, split, provenance, whether it
+    is pseudonymised.
+
+    Example: fundus info data/train.h5 --json
+    """
+    d = api.describe(path, verify=verify)
+    if as_json:
+        typer.echo(json.dumps(d, default=str))
+        return
+    table = Table(show_header=False, title=str(path), title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in d.items():
+        if key == "options":
+            continue
+        text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+        table.add_row(key, text)
+    Console().print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,461 @@
+"""Field-of-view (FOV) detection and cropping for colour fundus photographs.
+
+A fundus camera images the retina through a circular aperture, so every photograph is a
+bright disc on a dark border. The disc is often wider than the sensor is tall (cut off at
+top and bottom), may carry a small notch or knob at the rim, and the border is rarely pure
+black (JPEG noise, grey offsets, burnt-in text). Downstream steps want the disc itself:
+its centre and radius to crop a square, and a mask to ignore the border.
+
+Coordinates: x to the right, y down, pixel centres at integer coordinates, so pixel
+``(i, j)`` covers ``[j - 0.5, j + 0.5] x [i - 0.5, i + 0.5]``.
+
+Detection runs in two stages:
+1. coarse: threshold a downscaled brightness image relative to the border level, take the
+   largest bright component, and fit a circle robustly to its outline, ignoring outline
+   points that lie on the image frame (those are cut-offs, not rim);
+2. fine: sample brightness along rays across the coarse rim on the full-resolution image,
+   locate the rim step on each ray with sub-pixel precision, and refit robustly, so a
+   notch, a knob or a bright text label near the rim costs a few outlier rays, not bias.
+The result is accepted only if it explains the image: enough rim, on enough of the
+circle, and a bright region that coincides with the disc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["Circle", "crop_to_fov", "detect_fov", "fov_fraction", "fov_mask"]
+
+# Longest side of the image used for the coarse stage: big enough that the outline has
+# hundreds of points, small enough that thresholding and contours cost ~1 ms.
+_COARSE_SIDE = 256
+# Number of rays of the fine stage; a 1-degree spacing leaves hundreds of rays even when
+# most of the rim is cut off by the frame.
+_N_RAYS = 360
+# Brightness contrast (0..255) between border and disc below which we see no disc at all:
+# an all-black or uniform image.
+_MIN_CONTRAST = 8.0
+
+
+@dataclass(frozen=True)
+class Circle:
+    """A circle in image coordinates (pixel centres at integers), in pixels."""
+
+    cx: float
+    cy: float
+    r: float
+
+    def scaled(self, factor: float) -> Circle:
+        """The same circle in an image resized by ``factor`` (e.g. 0.25 for a reduced decode).
+
+        With pixel centres at integers, resizing maps x to (x + 0.5) * factor - 0.5, which
+        is why the centre is not simply multiplied.
+        """
+        return Circle(
+            cx=(self.cx + 0.5) * factor - 0.5,
+            cy=(self.cy + 0.5) * factor - 0.5,
+            r=self.r * factor,
+        )
+
+
+def fov_mask(shape: tuple[int, int], circle: Circle) -> np.ndarray:
+    """Boolean (H, W) mask of the pixels whose centre lies within the circle."""
+    h, w = int(shape[0]), int(shape[1])
+    ys = (np.arange(h, dtype=np.float64) - circle.cy) ** 2
+    xs = (np.arange(w, dtype=np.float64) - circle.cx) ** 2
+    return (ys[:, None] + xs[None, :]) <= circle.r**2
+
+
+def fov_fraction(shape: tuple[int, int], circle: Circle) -> float:
+    """Fraction of the image area inside the disc (a quality column: small = mostly border)."""
+    h, w = int(shape[0]), int(shape[1])
+    if h == 0 or w == 0:
+        return 0.0
+    return float(fov_mask((h, w), circle).mean())
+
+
+def detect_fov(image: np.ndarray) -> Circle | None:
+    """Find the circular field of view of a fundus photograph.
+
+    ``image`` is uint8, (H, W, 3) in any channel order, or (H, W). Returns the circle in
+    the image's own pixel coordinates, or None when the image shows no plausible disc
+    on a darker border (uniform, black, noise, or a picture with no border anywhere).
+    """
+    v = _brightness(image)
+    h, w = v.shape
+    if min(h, w) < 16:
+        return None
+
+    coarse = _coarse_stage(v)
+    if coarse is None:
+        return None
+    circle, levels, filled_small, small_scale = coarse
+
+    # Two passes: a wide search window absorbs the coarse error (a vignetted rim can put
+    # the coarse outline several percent inside), then a narrow one rejects clutter.
+    blurred = cv2.GaussianBlur(v, (0, 0), sigmaX=1.0)
+    support = None
+    for half_width in (0.12, 0.04):
+        refined = _refine_on_rays(blurred, circle, levels=levels, half_width=half_width)
+        if refined is None:
+            return None
+        circle, support = refined
+
+    if not _plausible(circle, support=support, shape=(h, w), filled_small=filled_small,
+                      small_scale=small_scale):
+        return None
+    return circle
+
+
+def crop_to_fov(
+    image: np.ndarray,
+    circle: Circle,
+    *,
+    size: int,
+    interpolation: int = cv2.INTER_AREA,
+) -> tuple[np.ndarray, np.ndarray, Circle]:
+    """Crop the disc's bounding square (side 2r), resize it to ``size`` x ``size`` and black
+    out everything that is not disc.
+
+    The square is placed with sub-pixel precision; where it extends past the image (a disc
+    cut off by the frame) it is padded with black. Returns the square image (same dtype
+    and channels as the input), a boolean mask of the pixels that are disc AND came from
+    inside the source image (so a cut-off disc's mask is flat at top and bottom), and the
+    disc in output coordinates (centre ((size - 1) / 2, (size - 1) / 2), radius size / 2).
+    """
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    if circle.r <= 0:
+        raise ValueError(f"circle radius must be positive, got {circle.r}")
+    h, w = image.shape[:2]
+    # Output pixel j covers [j - 0.5, j + 0.5]; the output extent [-0.5, size - 0.5] maps
+    # onto the square [c - r, c + r], so the source coordinate of output pixel j is
+    # c - r + (j + 0.5) * step.
+    step = 2.0 * circle.r / size
+    x0 = circle.cx - circle.r
+    y0 = circle.cy - circle.r
+
+    if interpolation == cv2.INTER_AREA and step > 1.0:
+        # warpAffine cannot area-average, and bilinear sampling at a large step aliases
+        # vessels and JPEG noise. So first align the square to a pixel grid at (almost)
+        # native scale, where bilinear interpolation is harmless, then area-resize: the
+        # two extents match exactly, so the composition is the exact mapping above.
+        n = max(size, int(np.ceil(2.0 * circle.r)))
+        aligned = _warp_square(image, x0=x0, y0=y0, step=2.0 * circle.r / n, n=n,
+                               interpolation=cv2.INTER_LINEAR)
+        out = cv2.resize(aligned, (size, size), interpolation=cv2.INTER_AREA)
+    else:
+        flag = cv2.INTER_LINEAR if interpolation == cv2.INTER_AREA else interpolation
+        out = _warp_square(image, x0=x0, y0=y0, step=step, n=size, interpolation=flag)
+    if out.ndim == 2 and image.ndim == 3:  # cv2 drops a singleton channel axis
+        out = out[:, :, None]
+
+    out_circle = Circle(cx=(size - 1) / 2.0, cy=(size - 1) / 2.0, r=size / 2.0)
+    centres = x0 + (np.arange(size) + 0.5) * step
+    inside_x = (centres >= -0.5) & (centres <= w - 0.5)
+    centres_y = y0 + (np.arange(size) + 0.5) * step
+    inside_y = (centres_y >= -0.5) & (centres_y <= h - 0.5)
+    mask = fov_mask((size, size), out_circle) & inside_y[:, None] & inside_x[None, :]
+    out[~mask] = 0
+    return out, mask, out_circle
+
+
+# --------------------------------------------------------------------------- internals
+
+
+@dataclass(frozen=True)
+class _Levels:
+    """Brightness levels shared by both stages (0..255 scale)."""
+
+    border: float  # typical border brightness
+    disc: float  # typical disc brightness
+    threshold: float  # above: disc, below: border
+
+
+def _brightness(image: np.ndarray) -> np.ndarray:
+    if image.dtype != np.uint8:
+        raise ValueError(f"detect_fov expects a uint8 image, got {image.dtype}")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return image.reshape(image.shape[:2]).astype(np.float32)
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"detect_fov expects an (H, W) or (H, W, 3) image, got {image.shape}")
+    # The max channel, not luminance: the fundus is red-dominated and a dark, vignetted rim
+    # keeps far more contrast in red than in green or blue, whatever the channel order.
+    r, g, b = cv2.split(np.ascontiguousarray(image[:, :, :3]))
+    return cv2.max(cv2.max(r, g), b).astype(np.float32)
+
+
+def _coarse_stage(
+    v: np.ndarray,
+) -> tuple[Circle, _Levels, np.ndarray, tuple[float, float]] | None:
+    h, w = v.shape
+    factor = min(1.0, _COARSE_SIDE / max(h, w))
+    sh, sw = max(8, round(h * factor)), max(8, round(w * factor))
+    small = v if (sh, sw) == (h, w) else cv2.resize(v, (sw, sh), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigmaX=1.0)
+    sx, sy = sw / w, sh / h
+
+    levels = _levels(small)
+    if levels is None:
+        return None
+    bright = (small > levels.threshold).astype(np.uint8)
+    # An opening cuts thin bridges from the disc to burnt-in labels near the rim.
+    bright = cv2.morphologyEx(bright, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
+    if n < 2:
+        return None
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    component = (labels == largest).astype(np.uint8)
+    contours, _ = cv2.findContours(component, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    outline = max(contours, key=len).reshape(-1, 2).astype(np.float64)
+    # Filled outline = component with its holes closed (dark lesions, a dim macula).
+    filled = np.zeros_like(component)
+    cv2.drawContours(filled, [outline.astype(np.int32).reshape(-1, 1, 2)], -1, 1, cv2.FILLED)
+
+    on_frame = ((outline[:, 0] <= 0) | (outline[:, 0] >= sw - 1)
+                | (outline[:, 1] <= 0) | (outline[:, 1] >= sh - 1))
+    # A few hundred points pin a circle down; more only slow the RANSAC.
+    rim = outline[~on_frame]
+    rim = rim[:: max(1, len(rim) // 400)]
+    if len(rim) < 12:
+        return None  # a bright region with no dark border: nothing to fit
+    # Contour pixels are the outermost disc pixels, half a pixel inside the true edge on
+    # average; this bias is small and the fine stage removes it.
+    rim_full = np.column_stack([(rim[:, 0] + 0.5) / sx - 0.5, (rim[:, 1] + 0.5) / sy - 0.5])
+    fit = _robust_circle(rim_full, tolerance=2.0 / min(sx, sy))
+    if fit is None:
+        return None
+    circle, _ = fit
+    if not (circle.r > 4.0 and np.isfinite(circle.r)):
+        return None
+    return circle, levels, filled.astype(bool), (sx, sy)
+
+
+def _levels(small: np.ndarray) -> _Levels | None:
+    values = np.clip(small, 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(values, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    low = small[small <= otsu]
+    high = small[small > otsu]
+    if low.size == 0 or high.size == 0:
+        return None
+    border, disc = float(np.median(low)), float(np.median(high))
+    contrast = disc - border
+    if contrast < _MIN_CONTRAST:
+        return None
+    noise = 1.4826 * float(np.median(np.abs(low - border)))
+    # Low in the gap between the classes: a vignetted rim can be a fraction of the disc's
+    # typical brightness and still must count as disc; but clear of the border's noise.
+    threshold = border + min(max(0.15 * contrast, 4.0 * noise + 2.0), 0.5 * contrast)
+    return _Levels(border=border, disc=disc, threshold=threshold)
+
+
+def _refine_on_rays(
+    v: np.ndarray, circle: Circle, *, levels: _Levels, half_width: float
+) -> tuple[Circle, np.ndarray] | None:
+    """Locate the rim step along rays around ``circle``; return the refit and the angles
+    (radians) of the rays that support it."""
+    h, w = v.shape
+    r = circle.r
+    span = max(3.0, half_width * r)
+    n_samples = int(min(600, max(24, np.ceil(4.0 * span))))  # ~0.5 px apart, capped
+    radii = np.linspace(r - span, r + span, n_samples)
+    ds = radii[1] - radii[0]
+    angles = np.linspace(0.0, 2.0 * np.pi, _N_RAYS, endpoint=False)
+    cos, sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
+    xs = (circle.cx + cos * radii[None, :]).astype(np.float32)
+    ys = (circle.cy + sin * radii[None, :]).astype(np.float32)
+    # Rays that leave the image cross the frame, not the rim (cut-off discs): drop them.
+    in_image = ((xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1)).all(axis=1)
+    profiles = cv2.remap(v, xs, ys, interpolation=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE).astype(np.float64)
+
+    # The rim is the OUTERMOST drop below threshold: the optic disc or a bright lesion
+    # near the rim can make a steeper edge further in, but never has only border beyond.
+    above = profiles > levels.threshold
+    has_above = above.any(axis=1)
+    last_above = n_samples - 1 - np.argmax(above[:, ::-1], axis=1)
+    ok = in_image & has_above & (last_above < n_samples - 2)
+
+    # Around that crossing, the steepest descent is the edge itself (the threshold is low
+    # and would put the edge at the foot of the step).
+    diffs = np.diff(profiles, axis=1)  # diffs[:, i] sits at radii[i] + ds / 2
+    search = max(2, int(np.ceil(max(2.0, 0.015 * r) / ds)))
+    idx = np.arange(n_samples - 1)[None, :]
+    window = (idx >= (last_above - search)[:, None]) & (idx <= (last_above + search)[:, None])
+    masked = np.where(window, diffs, np.inf)
+    k = np.argmin(masked, axis=1)
+    rows = np.arange(_N_RAYS)
+    # Parabolic interpolation of the derivative minimum gives the sub-sample position.
+    left = diffs[rows, np.clip(k - 1, 0, n_samples - 2)]
+    mid = diffs[rows, k]
+    right = diffs[rows, np.clip(k + 1, 0, n_samples - 2)]
+    denom = left - 2.0 * mid + right
+    with np.errstate(divide="ignore", invalid="ignore"):
+        offset = np.where(denom > 1e-9, 0.5 * (left - right) / denom, 0.0)
+    offset = np.clip(offset, -0.5, 0.5)
+    interior = (k > 0) & (k < n_samples - 2)
+    edge_r = radii[0] + (k + 0.5 + np.where(interior, offset, 0.0)) * ds
+
+    # A real rim step falls from disc level to border level; require a step that is a
+    # sizeable part of the gap, measured a little away from the edge on either side.
+    gap = max(2, int(np.ceil(max(1.5, 0.006 * r) / ds)))
+    inner = _window_mean(profiles, k - 3 * gap, k - gap)
+    outer = _window_mean(profiles, k + 1 + gap, k + 1 + 3 * gap)
+    step = inner - outer
+    ok &= (step >= 0.5 * (levels.threshold - levels.border)) & (outer <= levels.threshold)
+    ok &= (-mid) > 0
+    if ok.sum() < 12:
+        return None
+    points = np.column_stack([circle.cx + np.cos(angles[ok]) * edge_r[ok],
+                              circle.cy + np.sin(angles[ok]) * edge_r[ok]])
+    fit = _robust_circle(points, tolerance=max(1.0, 0.004 * r))
+    if fit is None:
+        return None
+    refined, inliers = fit
+    return refined, angles[ok][inliers]
+
+
+def _window_mean(profiles: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """Per-row mean of profiles[i, start[i]:stop[i]], the window clipped to the row (NaN
+    where nothing is left, which the callers' comparisons reject)."""
+    n = profiles.shape[1]
+    cumulative = np.zeros((profiles.shape[0], n + 1))
+    np.cumsum(profiles, axis=1, out=cumulative[:, 1:])
+    lo = np.clip(start, 0, n)
+    hi = np.clip(stop, 0, n)
+    rows = np.arange(profiles.shape[0])
+    count = (hi - lo).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(count > 0, (cumulative[rows, hi] - cumulative[rows, lo]) / count, np.nan)
+
+
+def _robust_circle(points: np.ndarray, *, tolerance: float) -> tuple[Circle, np.ndarray] | None:
+    """RANSAC over point triples, then least squares on the consensus set.
+
+    A notch, knob or label covers a minority of rim points but can drag a plain least-
+    squares fit by several pixels; triples that hit only rim agree on one circle.
+    """
+    n = len(points)
+    if n < 6:
+        return None
+    rng = np.random.default_rng(0)  # deterministic: the same image gives the same circle
+    n_trials = 256
+    triples = rng.integers(0, n, size=(n_trials, 3))
+    # Triples with a repeated point are degenerate (collinear) and are dropped below.
+    a, b, c = points[triples[:, 0]], points[triples[:, 1]], points[triples[:, 2]]
+    centres, radii = _circumcircles(a, b, c)
+    good = np.isfinite(radii) & (radii > 0)
+    if not good.any():
+        return None
+    centres, radii = centres[good], radii[good]
+    dist = np.hypot(points[None, :, 0] - centres[:, None, 0], points[None, :, 1] - centres[:, None, 1])
+    residual = np.abs(dist - radii[:, None])
+    counts = (residual <= tolerance).sum(axis=1)
+    best = int(np.argmax(counts))
+    inliers = residual[best] <= tolerance
+    if inliers.sum() < 6:
+        return None
+    circle = _lsq_circle(points[inliers])
+    # Re-select inliers against the refined circle (RANSAC's triple is noisier) and refit.
+    for _ in range(3):
+        d = np.abs(np.hypot(points[:, 0] - circle.cx, points[:, 1] - circle.cy) - circle.r)
+        new = d <= tolerance
+        if new.sum() < 6:
+            break
+        circle = _lsq_circle(points[new])
+        if np.array_equal(new, inliers):
+            break
+        inliers = new
+    return circle, inliers
+
+
+def _circumcircles(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ax, ay, bx, by, cx, cy = a[:, 0], a[:, 1], b[:, 0], b[:, 1], c[:, 0], c[:, 1]
+    d = 2.0 * (ax * (by - cy) + bx * (cy - ay) + cx * (ay - by))
+    a2, b2, c2 = ax**2 + ay**2, bx**2 + by**2, cx**2 + cy**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ux = (a2 * (by - cy) + b2 * (cy - ay) + c2 * (ay - by)) / d
+        uy = (a2 * (cx - bx) + b2 * (ax - cx) + c2 * (bx - ax)) / d
+    r = np.hypot(ax - ux, ay - uy)
+    r[np.abs(d) < 1e-9] = np.nan  # collinear triple: no circle
+    return np.column_stack([ux, uy]), r
+
+
+def _lsq_circle(points: np.ndarray) -> Circle:
+    """Algebraic (Kasa) fit, then Gauss-Newton on the geometric distance.
+
+    The algebraic fit is biased towards small radii on a partial arc (a cut-off disc);
+    a few geometric iterations from it remove that bias.
+    """
+    mean = points.mean(axis=0)
+    p = points - mean  # centred for a well-conditioned system
+    x, y = p[:, 0], p[:, 1]
+    design = np.column_stack([x, y, np.ones_like(x)])
+    sol, *_ = np.linalg.lstsq(design, x**2 + y**2, rcond=None)
+    cx, cy = sol[0] / 2.0, sol[1] / 2.0
+    r = float(np.sqrt(max(sol[2] + cx**2 + cy**2, 1e-12)))
+    for _ in range(10):
+        dx, dy = x - cx, y - cy
+        d = np.maximum(np.hypot(dx, dy), 1e-12)
+        jac = np.column_stack([-dx / d, -dy / d, -np.ones_like(d)])
+        delta, *_ = np.linalg.lstsq(jac, -(d - r), rcond=None)
+        cx, cy, r = cx + delta[0], cy + delta[1], r + delta[2]
+        if np.abs(delta).max() < 1e-6:
+            break
+    return Circle(cx=float(cx + mean[0]), cy=float(cy + mean[1]), r=float(abs(r)))
+
+
+def _plausible(
+    circle: Circle,
+    *,
+    support: np.ndarray,
+    shape: tuple[int, int],
+    filled_small: np.ndarray,
+    small_scale: tuple[float, float],
+) -> bool:
+    h, w = shape
+    if not all(np.isfinite([circle.cx, circle.cy, circle.r])):
+        return False
+    # The camera centres the aperture: a centre outside the image is a fit to clutter.
+    if not (-0.5 <= circle.cx <= w - 0.5 and -0.5 <= circle.cy <= h - 0.5):
+        return False
+    if circle.r < 0.15 * min(h, w) or circle.r > 0.75 * np.hypot(h, w):
+        return False
+    # Enough rim, spread over the circle: at least 10% of the rays, in 8+ distinct
+    # 10-degree sectors (a cut-off disc still shows two arcs of 40+ degrees).
+    if len(support) < 0.1 * _N_RAYS:
+        return False
+    sectors = np.unique((np.degrees(support) // 10).astype(int))
+    if len(sectors) < 8:
+        return False
+    # The bright region must be the disc: compare the filled coarse component with the
+    # circle at the coarse scale.
+    sh, sw = filled_small.shape
+    disc = fov_mask((sh, sw), _to_small(circle, small_scale))
+    union = np.logical_or(disc, filled_small).sum()
+    if union == 0:
+        return False
+    iou = np.logical_and(disc, filled_small).sum() / union
+    return bool(iou >= 0.85)
+
+
+def _to_small(circle: Circle, scale: tuple[float, float]) -> Circle:
+    # Rounding the coarse size can make the x and y factors differ by a fraction of a
+    # percent; the mean radius is plenty for a plausibility check.
+    sx, sy = scale
+    return Circle(cx=(circle.cx + 0.5) * sx - 0.5, cy=(circle.cy + 0.5) * sy - 0.5,
+                  r=circle.r * 0.5 * (sx + sy))
+
+
+def _warp_square(
+    image: np.ndarray, *, x0: float, y0: float, step: float, n: int, interpolation: int
+) -> np.ndarray:
+    # Inverse map: output pixel (j, i) samples source (x0 + (j + 0.5) * step, ...).
+    inverse = np.array([[step, 0.0, x0 + 0.5 * step], [0.0, step, y0 + 0.5 * step]])
+    return cv2.warpAffine(
+        image, inverse, (n, n), flags=interpolation | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=0,
+    )

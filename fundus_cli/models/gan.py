@@ -1,0 +1,266 @@
+"""ResNet GAN for small fundus datasets (SNGAN / projection-discriminator family).
+
+Generator: z -> linear -> 4x4 -> residual blocks that upsample (nearest + 3x3 conv, no
+transposed convs, hence no checkerboard artefacts) -> BN, ReLU, conv -> tanh, then the
+field-of-view mask paints the surround black. Conditional batch norm (per-class gain and
+bias) carries the label.
+
+Discriminator: residual blocks that downsample (average pooling) to 4x4, one more block,
+ReLU, global sum pooling, linear logit; every weight is spectrally normalised and there is
+no normalisation layer (batch statistics would leak between real and fake samples and
+disturb the R1 gradient). The class enters through a projection term <embed(y), h>
+(Miyato & Koyama 2018).
+
+Loss helpers (pure functions): hinge and non-saturating losses for D and G, and the R1
+penalty on reals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from fundus_cli.models import register_model
+from fundus_cli.models.layers import (
+    BOTTOM_SIZE,
+    IMAGE_CHANNELS,
+    apply_fov_mask,
+    check_config,
+    check_labels,
+    config_from_dict,
+    config_to_dict,
+    fov_mask_buffer,
+    resolve_channel_mults,
+)
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    image_size: int = 64  # square RGB images; 32, 64, 128 or 256
+    width: int = 32  # channels at full resolution in G and D; every layer scales with it
+    channel_mults: tuple[int, ...] = ()  # width multiplier per level, full resolution first; () = 1,2,4,8,8,8 cut to fit
+    latent_dim: int = 128  # size of the Gaussian latent z
+    num_classes: int = 0  # 0 = unconditional; else conditional BN in G and projection in D
+
+    def __post_init__(self) -> None:
+        resolve_channel_mults(self)
+        check_config(self)
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return tuple(self.width * m for m in self.channel_mults)
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GANConfig:
+        return config_from_dict(cls, data)
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+class ClassBatchNorm2d(nn.Module):
+    """BatchNorm whose gain and bias are looked up per class (plain affine BN when
+    unconditional). In eval mode it uses running statistics, so batch-1 sampling works."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=num_classes == 0)
+        self.embed = nn.Embedding(num_classes, 2 * channels) if num_classes else None
+        if self.embed is not None:
+            # start as the identity, like an unconditional BN
+            nn.init.ones_(self.embed.weight[:, :channels])
+            nn.init.zeros_(self.embed.weight[:, channels:])
+
+    def forward(self, x: Tensor, y: Tensor | None) -> Tensor:
+        h = self.bn(x)
+        if self.embed is None:
+            return h
+        gain, bias = self.embed(y).to(h.dtype).chunk(2, dim=1)
+        return h * gain[:, :, None, None] + bias[:, :, None, None]
+
+
+class GBlock(nn.Module):
+    """BN-ReLU-conv, upsample, BN-ReLU-conv, plus an upsampled (1x1-projected) skip.
+
+    The first conv runs before the upsampling, at a quarter of the cost; the second one,
+    after nearest upsampling, smooths the 2x2 blocks, so no transposed conv is needed.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm1 = ClassBatchNorm2d(in_ch, num_classes)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.norm2 = ClassBatchNorm2d(out_ch, num_classes)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
+
+    def forward(self, x: Tensor, y: Tensor | None) -> Tensor:
+        h = self.conv1(F.relu(self.norm1(x, y)))
+        h = F.interpolate(F.relu(self.norm2(h, y)), scale_factor=2.0, mode="nearest")
+        h = self.conv2(h)
+        # a 1x1 conv commutes with nearest upsampling, and is 4x cheaper before it
+        skip = x if self.skip is None else self.skip(x)
+        return F.interpolate(skip, scale_factor=2.0, mode="nearest") + h
+
+
+class Generator(nn.Module):
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__()
+        self.config = config
+        ch = config.channels
+        prev_ch = ch[1:] + ch[-1:]  # each block's input width; the bottom keeps ch[-1]
+        self.fc = nn.Linear(config.latent_dim, ch[-1] * BOTTOM_SIZE * BOTTOM_SIZE)
+        self.blocks = nn.ModuleList(
+            GBlock(p, c, config.num_classes) for c, p in zip(reversed(ch), reversed(prev_ch))
+        )
+        self.norm_out = nn.BatchNorm2d(ch[0])
+        self.conv_out = nn.Conv2d(ch[0], IMAGE_CHANNELS, 3, padding=1)
+        self.register_buffer("fov_mask", fov_mask_buffer(config.image_size))
+
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Latents (B, latent_dim) ~ N(0, I) -> images (B, 3, S, S) in [-1, 1]."""
+        check_labels(y, self.config.num_classes, z.shape[0])
+        h = self.fc(z).view(-1, self.config.channels[-1], BOTTOM_SIZE, BOTTOM_SIZE)
+        for block in self.blocks:
+            h = block(h, y)
+        x = torch.tanh(self.conv_out(F.relu(self.norm_out(h))))
+        return apply_fov_mask(x, self.fov_mask)
+
+
+# ------------------------------------------------------------------------- discriminator
+
+
+class DBlock(nn.Module):
+    """(ReLU)-conv-ReLU-(avgpool)-conv plus an (avgpooled, 1x1-projected) skip, all
+    spectrally normalised. The first block skips the pre-activation: its input is the image.
+
+    Pooling between the two convs (as StyleGAN2's D does with its strided second conv)
+    runs the wider conv at a quarter of the pixels; the discriminator runs three times per
+    training step, so this is where CPU time goes.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, *, downsample: bool, preactivation: bool) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.preactivation = preactivation
+        self.conv1 = spectral_norm(nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.conv2 = spectral_norm(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = spectral_norm(nn.Conv2d(in_ch, out_ch, 1)) if in_ch != out_ch else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(x) if self.preactivation else x
+        h = F.relu(self.conv1(h))
+        skip = x
+        if self.downsample:
+            h = F.avg_pool2d(h, 2)
+            # pooling first: the 1x1 conv commutes with it and runs on 4x fewer pixels
+            skip = F.avg_pool2d(skip, 2)
+        h = self.conv2(h)
+        if self.skip is not None:
+            skip = self.skip(skip)
+        return h + skip
+
+
+class Discriminator(nn.Module):
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__()
+        self.config = config
+        ch = config.channels
+        in_ch = (IMAGE_CHANNELS,) + ch[:-1]
+        blocks = [
+            DBlock(i, c, downsample=True, preactivation=level > 0)
+            for level, (i, c) in enumerate(zip(in_ch, ch))
+        ]
+        blocks.append(DBlock(ch[-1], ch[-1], downsample=False, preactivation=True))
+        self.blocks = nn.Sequential(*blocks)
+        self.linear = spectral_norm(nn.Linear(ch[-1], 1))
+        self.embed = (
+            spectral_norm(nn.Embedding(config.num_classes, ch[-1])) if config.num_classes else None
+        )
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Images (B, 3, S, S) -> logits (B,); higher means 'real'."""
+        check_labels(y, self.config.num_classes, x.shape[0])
+        h = F.relu(self.blocks(x)).sum(dim=(2, 3))  # sum pooling, as in SNGAN
+        logits = self.linear(h).squeeze(1)
+        if self.embed is not None:
+            logits = logits + (self.embed(y) * h).sum(dim=1)
+        return logits
+
+
+class GAN(nn.Module):
+    """Generator and discriminator in one module, so one state_dict, `.to()` and
+    `set_fov_mask` cover both. Train them with separate optimizers over
+    `gan.generator.parameters()` and `gan.discriminator.parameters()`."""
+
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.generator = Generator(config)
+        self.discriminator = Discriminator(config)
+
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.generator(z, y)
+
+
+@register_model("gan")
+def build_gan(config: Mapping[str, Any]) -> GAN:
+    return GAN(GANConfig.from_dict(config))
+
+
+# -------------------------------------------------------------------------------- losses
+# Logits are cast to float32: the losses are cheap and bf16 rounding would bias them.
+
+
+def d_hinge_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """E[relu(1 - D(real))] + E[relu(1 + D(fake))]; zero once reals >= 1 and fakes <= -1."""
+    return F.relu(1 - real_logits.float()).mean() + F.relu(1 + fake_logits.float()).mean()
+
+
+def g_hinge_loss(fake_logits: Tensor) -> Tensor:
+    """-E[D(G(z))]."""
+    return -fake_logits.float().mean()
+
+
+def d_nonsaturating_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Binary cross-entropy on logits: E[softplus(-D(real))] + E[softplus(D(fake))]."""
+    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+
+
+def g_nonsaturating_loss(fake_logits: Tensor) -> Tensor:
+    """E[softplus(-D(G(z)))], i.e. -log sigmoid(D(G(z))) (Goodfellow et al. 2014)."""
+    return F.softplus(-fake_logits.float()).mean()
+
+
+def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
+    """E[||grad_x D(x)||^2] on reals (Mescheder et al. 2018); multiply by gamma / 2 yourself.
+
+    `real_images` must have had `requires_grad_(True)` before the discriminator saw them.
+    The graph is kept so the penalty itself can be backpropagated.
+    """
+    if not real_images.requires_grad:
+        raise ValueError("call real_images.requires_grad_(True) before computing D(real_images)")
+    if not real_logits.requires_grad:  # D ignores its input, so its gradient is zero
+        return real_images.new_zeros((), dtype=torch.float32)
+    (grad,) = torch.autograd.grad(
+        real_logits.float().sum(), real_images, create_graph=True, allow_unused=True
+    )
+    if grad is None:  # as above, but D has parameters
+        return real_images.new_zeros((), dtype=torch.float32)
+    return grad.float().square().flatten(1).sum(dim=1).mean()
+
+
+# name -> (discriminator loss, generator loss), for a `--gan-loss` option
+GAN_LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
+    "hinge": (d_hinge_loss, g_hinge_loss),
+    "nonsaturating": (d_nonsaturating_loss, g_nonsaturating_loss),
+}

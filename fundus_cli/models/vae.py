@@ -1,0 +1,253 @@
+"""Convolutional beta-VAE for fundus photographs, optionally class-conditional.
+
+Encoder: conv -> [residual block, stride-2 conv] per level down to 4x4 -> linear -> (mu, logvar).
+Decoder: linear -> 4x4 -> [nearest upsample + conv, residual block] per level -> conv -> tanh,
+then the field-of-view mask paints the surround black. With `num_classes > 0` a label
+embedding is added as a per-channel bias inside every residual block of both halves and is
+concatenated to z at the decoder input.
+
+Loss helpers (pure functions): `reconstruction_loss` (L1 or L2, optionally mixed with SSIM),
+`kl_divergence` and the warm-up schedule `beta_schedule`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fundus_cli.errors import FundusError
+from fundus_cli.models import register_model
+from fundus_cli.models.layers import (
+    BOTTOM_SIZE,
+    IMAGE_CHANNELS,
+    apply_fov_mask,
+    check_config,
+    check_labels,
+    config_from_dict,
+    config_to_dict,
+    fov_mask_buffer,
+    resolve_channel_mults,
+)
+
+# exp(logvar) beyond these overflows in bf16/fp16 or makes the KL term explode early on
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    image_size: int = 64  # square RGB images; 32, 64, 128 or 256
+    width: int = 32  # channels at full resolution; every layer scales with it
+    channel_mults: tuple[int, ...] = ()  # width multiplier per level, full resolution first; () = 1,2,4,8,8,8 cut to fit
+    latent_dim: int = 128  # size of the latent vector z
+    num_classes: int = 0  # 0 = unconditional; else labels 0..num_classes-1 condition encoder and decoder
+    class_embed_dim: int = 64  # size of the label embedding (unused when unconditional)
+
+    def __post_init__(self) -> None:
+        resolve_channel_mults(self)
+        check_config(self)
+        if self.class_embed_dim < 1:
+            raise FundusError(f"VAEConfig.class_embed_dim must be >= 1, got {self.class_embed_dim}")
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return tuple(self.width * m for m in self.channel_mults)
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VAEConfig:
+        return config_from_dict(cls, data)
+
+
+def _groups(channels: int) -> int:
+    # 32 groups as usual, fewer when a narrow demo width has fewer channels than that
+    return math.gcd(32, channels)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block (GroupNorm, SiLU, 3x3 conv, twice) at fixed width.
+
+    GroupNorm rather than BatchNorm so that reconstructions of one image do not depend on
+    the rest of the batch and batch-1 encoding behaves as in training.
+    """
+
+    def __init__(self, channels: int, cond_dim: int = 0) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(channels), channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.cond = nn.Linear(cond_dim, channels) if cond_dim else None
+        self.norm2 = nn.GroupNorm(_groups(channels), channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        if self.cond is not None:
+            h = h + self.cond(cond)[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return x + h
+
+
+class VAE(nn.Module):
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        ch = config.channels
+        # the last level keeps its width into the 4x4 bottom
+        next_ch = ch[1:] + ch[-1:]
+        cond_dim = config.class_embed_dim if config.num_classes else 0
+        self.embed = nn.Embedding(config.num_classes, cond_dim) if config.num_classes else None
+        bottom = ch[-1] * BOTTOM_SIZE * BOTTOM_SIZE
+
+        self.enc_in = nn.Conv2d(IMAGE_CHANNELS, ch[0], 3, padding=1)
+        self.enc_blocks = nn.ModuleList(ResBlock(c, cond_dim) for c in ch)
+        # the stride-2 conv also widens, so residual blocks never need a projection skip
+        self.enc_down = nn.ModuleList(
+            nn.Conv2d(c, n, 3, stride=2, padding=1) for c, n in zip(ch, next_ch)
+        )
+        self.enc_mid = ResBlock(ch[-1], cond_dim)
+        self.enc_norm = nn.GroupNorm(_groups(ch[-1]), ch[-1])
+        self.enc_out = nn.Linear(bottom, 2 * config.latent_dim)
+
+        self.dec_in = nn.Linear(config.latent_dim + cond_dim, bottom)
+        self.dec_mid = ResBlock(ch[-1], cond_dim)
+        # upsampling convs narrow the channels first, so full resolution runs at ch[0] only
+        self.dec_up = nn.ModuleList(
+            nn.Conv2d(n, c, 3, padding=1) for c, n in zip(reversed(ch), reversed(next_ch))
+        )
+        self.dec_blocks = nn.ModuleList(ResBlock(c, cond_dim) for c in reversed(ch))
+        self.dec_norm = nn.GroupNorm(_groups(ch[0]), ch[0])
+        self.dec_out = nn.Conv2d(ch[0], IMAGE_CHANNELS, 3, padding=1)
+        self.register_buffer("fov_mask", fov_mask_buffer(config.image_size))
+
+    def _cond(self, y: Tensor | None, batch: int) -> Tensor | None:
+        check_labels(y, self.config.num_classes, batch)
+        return None if self.embed is None else self.embed(y)
+
+    def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Images (B, 3, S, S) in [-1, 1] -> (mu, logvar), each (B, latent_dim)."""
+        cond = self._cond(y, x.shape[0])
+        h = self.enc_in(x)
+        for block, down in zip(self.enc_blocks, self.enc_down):
+            h = down(block(h, cond))
+        h = F.silu(self.enc_norm(self.enc_mid(h, cond)))
+        mu, logvar = self.enc_out(h.flatten(1)).chunk(2, dim=1)
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Latents (B, latent_dim) -> images (B, 3, S, S) in [-1, 1], black outside the mask."""
+        cond = self._cond(y, z.shape[0])
+        zc = z if cond is None else torch.cat([z, cond.to(z.dtype)], dim=1)
+        c = self.config.channels[-1]
+        h = self.dec_mid(self.dec_in(zc).view(-1, c, BOTTOM_SIZE, BOTTOM_SIZE), cond)
+        for up, block in zip(self.dec_up, self.dec_blocks):
+            h = block(up(F.interpolate(h, scale_factor=2.0, mode="nearest")), cond)
+        x = torch.tanh(self.dec_out(F.silu(self.dec_norm(h))))
+        return apply_fov_mask(x, self.fov_mask)
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(x_hat, mu, logvar). z is sampled in training mode; eval mode decodes mu, so that
+        evaluation reconstructions are deterministic."""
+        mu, logvar = self.encode(x, y)
+        z = reparameterize(mu, logvar) if self.training else mu
+        return self.decode(z, y), mu, logvar
+
+
+def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """z = mu + sigma * eps, differentiable in mu and logvar."""
+    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+@register_model("vae")
+def build_vae(config: Mapping[str, Any]) -> VAE:
+    return VAE(VAEConfig.from_dict(config))
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
+    """Normalised 2-D Gaussian (size, size), the window of Wang et al. 2004."""
+    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim(
+    x: Tensor, y: Tensor, *, window_size: int = 11, sigma: float = 1.5, data_range: float = 2.0
+) -> Tensor:
+    """Mean SSIM per image, shape (B,), differentiable; 1 when x == y.
+
+    `data_range` is 2 because images live in [-1, 1]. Computed in float32 with autocast
+    off: E[x^2] - E[x]^2 cancels catastrophically in bf16.
+    """
+    if x.shape != y.shape or x.dim() != 4:
+        raise ValueError(f"ssim needs two (B, C, H, W) tensors of one shape, got {x.shape}, {y.shape}")
+    if min(x.shape[-2:]) < window_size:
+        raise ValueError(f"images of {tuple(x.shape[-2:])} are smaller than the {window_size}-px window")
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x, y = x.float(), y.float()
+        channels = x.shape[1]
+        window = gaussian_window(window_size, sigma).to(x.device)
+        window = window.expand(channels, 1, window_size, window_size)
+
+        def blur(t: Tensor) -> Tensor:
+            return F.conv2d(t, window, groups=channels)  # 'valid', as in the reference code
+
+        c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+        mu_x, mu_y = blur(x), blur(y)
+        var_x = blur(x * x) - mu_x * mu_x
+        var_y = blur(y * y) - mu_y * mu_y
+        cov = blur(x * y) - mu_x * mu_y
+        ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+            (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+        )
+        return ssim_map.flatten(1).mean(dim=1)
+
+
+def reconstruction_loss(
+    x_hat: Tensor, x: Tensor, *, kind: str = "l1", ssim_weight: float = 0.0
+) -> Tensor:
+    """Per-image reconstruction error summed over pixels, averaged over the batch.
+
+    Summing over pixels (and `kl_divergence` over latent dims) keeps beta = 1 the usual
+    ELBO balance whatever the image size. With `ssim_weight` w the per-pixel error becomes
+    (1 - w) * |error| + w * (1 - SSIM) (Zhao et al. 2017), which keeps edges sharper.
+    """
+    if kind not in ("l1", "l2"):
+        raise ValueError(f"reconstruction loss kind must be 'l1' or 'l2', got {kind!r}")
+    if not 0.0 <= ssim_weight <= 1.0:
+        raise ValueError(f"ssim_weight must lie in [0, 1], got {ssim_weight}")
+    diff = x_hat.float() - x.float()
+    err = diff.abs() if kind == "l1" else diff.square()
+    per_image = err.flatten(1).mean(dim=1)
+    if ssim_weight > 0:
+        per_image = (1 - ssim_weight) * per_image + ssim_weight * (1 - ssim(x_hat, x))
+    return per_image.mean() * x[0].numel()
+
+
+def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) summed over latent dims, averaged over the batch."""
+    mu, logvar = mu.float(), logvar.float()
+    return (-0.5 * (1 + logvar - mu.square() - logvar.exp())).sum(dim=1).mean()
+
+
+def beta_schedule(step: int, *, beta: float = 1.0, warmup_steps: int = 0) -> float:
+    """KL weight at `step`: linear from 0 to `beta` over `warmup_steps`, then constant.
+
+    Starting at 0 lets the decoder learn to use z before the KL term pulls the posterior
+    onto the prior (posterior collapse otherwise).
+    """
+    if step < 0 or warmup_steps < 0:
+        raise ValueError(f"step and warmup_steps must be >= 0, got {step}, {warmup_steps}")
+    if warmup_steps == 0:
+        return float(beta)
+    return float(beta) * min(1.0, step / warmup_steps)

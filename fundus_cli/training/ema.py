@@ -1,0 +1,41 @@
+"""Exponential moving average of a network's weights (used for the GAN generator).
+
+Sampling from the EMA copy rather than the raw generator gives markedly better images for
+GANs (Karras et al. 2018; Yazici et al. 2019) at the cost of one extra copy in memory.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def make_ema(model: nn.Module) -> nn.Module:
+    """A frozen copy of `model` in eval mode, to be kept up to date with `ema_update`."""
+    ema = copy.deepcopy(model)
+    ema.eval()
+    ema.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema = decay * ema + (1 - decay) * model for parameters; buffers are copied.
+
+    Buffers (BatchNorm running statistics, the field-of-view mask) are copied rather than
+    averaged: they are already averages, or constants.
+    """
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"EMA decay must lie in [0, 1], got {decay}")
+    ema_params = dict(ema_model.named_parameters())
+    params = dict(model.named_parameters())
+    ema_buffers = dict(ema_model.named_buffers())
+    buffers = dict(model.named_buffers())
+    if ema_params.keys() != params.keys() or ema_buffers.keys() != buffers.keys():
+        raise ValueError("EMA model and model have different parameters or buffers")
+    for name, param in params.items():
+        ema_params[name].lerp_(param.detach().to(ema_params[name].dtype), 1.0 - decay)
+    for name, buffer in buffers.items():
+        ema_buffers[name].copy_(buffer)
