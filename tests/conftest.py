@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 phantom photographs (6 patients, both eyes) with labels.csv; treat as read-only."""
+    from fundus_cli.data.phantoms import write_phantoms
+
+    out = tmp_path_factory.mktemp("phantoms") / "raw"
+    write_phantoms(out, n=12, seed=5)
+    return out
+
+
+@pytest.fixture
+def raw_copy(phantom_dir: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the phantom folder."""
+    dst = tmp_path / "raw"
+    shutil.copytree(phantom_dir, dst)
+    return dst
+
+
+@pytest.fixture
+def shared_data():
+    """shared_data("idrid", "images") -> the folder, or a clean skip when ../shared is absent."""
+
+    def get(*parts: str) -> Path:
+        path = SHARED.joinpath("data", *parts)
+        if not path.exists():
+            pytest.skip(f"{path} is absent (the real photographs live in ../shared beside the repository)")
+        return path
+
+    return get
