@@ -41,8 +41,8 @@ def split_holdout(units: np.ndarray, labels: np.ndarray, *, holdout_fraction: fl
     """Boolean mask of holdout images.
 
     Units are stratified by their most common label; within each stratum a seeded shuffle
-    fills the holdout up to round(fraction x images in the stratum). Deterministic for a
-    given seed and input order.
+    fills the holdout towards fraction x images in the stratum, then a last pass over all
+    units tops it up towards fraction x all images. Deterministic for a seed and input order.
     """
     n = len(units)
     holdout = np.zeros(n, dtype=bool)
@@ -58,22 +58,23 @@ def split_holdout(units: np.ndarray, labels: np.ndarray, *, holdout_fraction: fl
         top = max(c for _, c in common)
         strata[min(lbl for lbl, c in common if c == top)].append(u)
     rng = np.random.default_rng(seed)
+    sizes = {u: len(idx) for u, idx in members.items()}
+
+    def fill(unit_ids: list[int], want: float, taken: int) -> int:
+        # A unit is taken only if it brings the holdout closer to its target, so one big
+        # patient cannot swallow the holdout of a small stratum.
+        for k in rng.permutation(len(unit_ids)):
+            u = unit_ids[k]
+            if not holdout[members[u][0]] and abs(taken + sizes[u] - want) < abs(taken - want):
+                holdout[members[u]] = True
+                taken += sizes[u]
+        return taken
+
     for label in sorted(strata):
         unit_ids = strata[label]
-        order = rng.permutation(len(unit_ids))
-        size = sum(len(members[u]) for u in unit_ids)
-        want = round(holdout_fraction * size)
-        taken = 0
-        for k in order:
-            if taken >= want:
-                break
-            u = unit_ids[k]
-            # Skip a unit that would overshoot by more than it helps, so one big patient
-            # cannot swallow the whole holdout of a small stratum.
-            if taken + len(members[u]) - want > want - taken and taken > 0:
-                continue
-            holdout[members[u]] = True
-            taken += len(members[u])
-    if holdout.all():  # a single huge unit: keep something to train on
+        fill(unit_ids, holdout_fraction * sum(sizes[u] for u in unit_ids), 0)
+    # Strata too small to hold out a whole unit each still add up to a holdout overall.
+    fill(sorted(members), holdout_fraction * n, int(holdout.sum()))
+    if holdout.all():  # a single unit: keep something to train on
         holdout[:] = False
     return holdout

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fundus_cli import __version__
+from fundus_cli.cli import app
+from fundus_cli.data import h5
+
+runner = CliRunner()
+
+
+def test_help_lists_every_command_with_an_example() -> None:
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("phantoms", "ingest", "info"):
+        line = next(line for line in r.stdout.splitlines() if line.strip().startswith(cmd))
+        assert "e.g. fundus" in line or "e.g." in r.stdout.split(cmd, 1)[1][:200]
+    assert "Exit codes" in r.stdout
+
+
+def test_version() -> None:
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and __version__ in r.stdout
+
+
+def test_user_lines_in_a_project_folder(phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fundus phantoms raw --n 6 && fundus ingest raw` with no other option, then `fundus info`."""
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["phantoms", "raw", "--n", "6", "--seed", "5"])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.strip() == "raw"
+    assert len(list(Path("raw/images").glob("*.jpg"))) == 6
+    r = runner.invoke(app, ["ingest", "raw", "--size", "64", "--holdout-fraction", "0.34"])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.strip() == str(Path("data/train.h5"))  # main output on stdout, nothing else
+    assert "wrote" in r.stderr and "data/holdout.h5" in r.stderr
+    with h5.open_dataset(Path("data/train.h5")) as t, h5.open_dataset(Path("data/holdout.h5")) as h:
+        assert len(t) + len(h) == 6 and len(h) >= 1
+    r = runner.invoke(app, ["info", "data/train.h5", "--json", "--verify"])
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["split"] == "train" and d["images"] + json.loads(
+        runner.invoke(app, ["info", "data/holdout.h5", "--json"]).stdout)["images"] == 6
+    assert d["fingerprint_verified"] is True and d["pseudonymized"] is False
+    # the same line again refuses to overwrite, with the fix in one line and exit code 2
+    r = runner.invoke(app, ["ingest", "raw"])
+    assert r.exit_code == 2
+    assert "already exists" in r.stderr and "--force" in r.stderr and "Traceback" not in r.stderr
+    r = runner.invoke(app, ["ingest", "raw", "--json", "--force", "--size", "32", "-q"])
+    assert r.exit_code == 0
+    assert json.loads(r.stdout)["n_train"] + json.loads(r.stdout)["n_holdout"] == 6
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["ingest", str(tmp_path / "missing")])
+    assert r.exit_code == 2
+    assert r.stderr.strip().startswith("error:") and "folder not found" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = runner.invoke(app, ["info", str(tmp_path)])
+    assert r.exit_code == 2
+
+
+def test_python_dash_m_runs_the_app() -> None:
+    out = subprocess.run([sys.executable, "-m", "fundus_cli", "--version"], capture_output=True, text=True, check=True)
+    assert __version__ in out.stdout
