@@ -38,6 +38,8 @@ _N_RAYS = 360
 # Brightness contrast (0..255) between border and disc below which we see no disc at all:
 # an all-black or uniform image.
 _MIN_CONTRAST = 8.0
+# Threshold margin above the border level, in border noise standard deviations.
+_NOISE_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def crop_to_fov(
     out everything that is not disc.
 
     The square is placed with sub-pixel precision; where it extends past the image (a disc
-    cut off by the frame) it is padded with black. Returns the square image (same dtype
+    cut off by the frame) it is black. Returns the square image (same dtype
     and channels as the input), a boolean mask of the pixels that are disc AND came from
     inside the source image (so a cut-off disc's mask is flat at top and bottom), and the
     disc in output coordinates (centre ((size - 1) / 2, (size - 1) / 2), radius size / 2).
@@ -171,7 +173,6 @@ class _Levels:
     """Brightness levels shared by both stages (0..255 scale)."""
 
     border: float  # typical border brightness
-    disc: float  # typical disc brightness
     threshold: float  # above: disc, below: border
 
 
@@ -235,21 +236,27 @@ def _coarse_stage(
 
 
 def _levels(small: np.ndarray) -> _Levels | None:
-    values = np.clip(small, 0, 255).astype(np.uint8)
-    otsu, _ = cv2.threshold(values, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    low = small[small <= otsu]
-    high = small[small > otsu]
-    if low.size == 0 or high.size == 0:
-        return None
-    border, disc = float(np.median(low)), float(np.median(high))
+    sh, sw = small.shape
+    ph, pw = max(2, round(0.08 * sh)), max(2, round(0.08 * sw))
+    # The border level comes from the image corners, which lie outside any centred disc
+    # that leaves some border visible (even one cut off at top and bottom). A global
+    # split (Otsu) fails when the border is a small part of the image: its dark class then
+    # swallows vessels and the vignetted periphery. The darkest corner wins, so a label
+    # or glare in one corner does not matter.
+    corners = [small[:ph, :pw], small[:ph, -pw:], small[-ph:, :pw], small[-ph:, -pw:]]
+    darkest = min(corners, key=lambda patch: float(np.median(patch)))
+    border = float(np.median(darkest))
+    noise = 1.4826 * float(np.median(np.abs(darkest - border)))
+    # The disc covers well over 10% of any fundus photograph, so the 90th percentile is
+    # disc (bright optic disc and lesions are a small part of it).
+    disc = float(np.percentile(small, 90))
     contrast = disc - border
     if contrast < _MIN_CONTRAST:
         return None
-    noise = 1.4826 * float(np.median(np.abs(low - border)))
-    # Low in the gap between the classes: a vignetted rim can be a fraction of the disc's
-    # typical brightness and still must count as disc; but clear of the border's noise.
-    threshold = border + min(max(0.15 * contrast, 4.0 * noise + 2.0), 0.5 * contrast)
-    return _Levels(border=border, disc=disc, threshold=threshold)
+    # Low in the gap between the two levels: a vignetted rim can be a fraction of the
+    # disc's typical brightness and still must count as disc; but clear of border noise.
+    threshold = border + min(max(0.15 * contrast, _NOISE_FACTOR * noise + 1.0), 0.5 * contrast)
+    return _Levels(border=border, threshold=threshold)
 
 
 def _refine_on_rays(
@@ -267,17 +274,20 @@ def _refine_on_rays(
     cos, sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
     xs = (circle.cx + cos * radii[None, :]).astype(np.float32)
     ys = (circle.cy + sin * radii[None, :]).astype(np.float32)
-    # Rays that leave the image cross the frame, not the rim (cut-off discs): drop them.
-    in_image = ((xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1)).all(axis=1)
     profiles = cv2.remap(v, xs, ys, interpolation=cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REPLICATE).astype(np.float64)
+    # Where a ray leaves the image it meets the frame, not the rim (cut-off discs), so only
+    # the part of each ray inside the image counts. The ray starts inside (near the rim,
+    # on the centre's side), and once out it stays out: the image is convex.
+    outside = (xs < 0) | (xs > w - 1) | (ys < 0) | (ys > h - 1)
+    first_out = np.where(outside.any(axis=1), np.argmax(outside, axis=1), n_samples)
 
     # The rim is the OUTERMOST drop below threshold: the optic disc or a bright lesion
     # near the rim can make a steeper edge further in, but never has only border beyond.
-    above = profiles > levels.threshold
+    above = (profiles > levels.threshold) & ~outside
     has_above = above.any(axis=1)
     last_above = n_samples - 1 - np.argmax(above[:, ::-1], axis=1)
-    ok = in_image & has_above & (last_above < n_samples - 2)
+    ok = has_above & (last_above < first_out - 2)
 
     # Around that crossing, the steepest descent is the edge itself (the threshold is low
     # and would put the edge at the foot of the step).
@@ -305,6 +315,8 @@ def _refine_on_rays(
     inner = _window_mean(profiles, k - 3 * gap, k - gap)
     outer = _window_mean(profiles, k + 1 + gap, k + 1 + 3 * gap)
     step = inner - outer
+    # The border side of the step must be seen inside the image.
+    ok &= (first_out == n_samples) | (k + 1 + 3 * gap <= first_out)
     ok &= (step >= 0.5 * (levels.threshold - levels.border)) & (outer <= levels.threshold)
     ok &= (-mid) > 0
     if ok.sum() < 12:
@@ -342,7 +354,7 @@ def _robust_circle(points: np.ndarray, *, tolerance: float) -> tuple[Circle, np.
     if n < 6:
         return None
     rng = np.random.default_rng(0)  # deterministic: the same image gives the same circle
-    n_trials = 256
+    n_trials = 128
     triples = rng.integers(0, n, size=(n_trials, 3))
     # Triples with a repeated point are degenerate (collinear) and are dropped below.
     a, b, c = points[triples[:, 0]], points[triples[:, 1]], points[triples[:, 2]]
@@ -439,7 +451,7 @@ def _plausible(
     if union == 0:
         return False
     iou = np.logical_and(disc, filled_small).sum() / union
-    return bool(iou >= 0.85)
+    return bool(iou >= 0.92)
 
 
 def _to_small(circle: Circle, scale: tuple[float, float]) -> Circle:
@@ -454,8 +466,10 @@ def _warp_square(
     image: np.ndarray, *, x0: float, y0: float, step: float, n: int, interpolation: int
 ) -> np.ndarray:
     # Inverse map: output pixel (j, i) samples source (x0 + (j + 0.5) * step, ...).
+    # Replicating the edge (the caller blacks out everything outside the image afterwards)
+    # keeps the last rows of a cut-off disc from being blended with black padding.
     inverse = np.array([[step, 0.0, x0 + 0.5 * step], [0.0, step, y0 + 0.5 * step]])
     return cv2.warpAffine(
         image, inverse, (n, n), flags=interpolation | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_CONSTANT, borderValue=0,
+        borderMode=cv2.BORDER_REPLICATE,
     )
