@@ -7,8 +7,9 @@ works in shell scripts; progress, tables and messages go to stderr.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
+import functools
+from collections.abc import Callable
 from typing import Annotated, Any, Optional
 
 import typer
@@ -23,25 +24,39 @@ err = Console(stderr=True, highlight=False)
 EXIT_CODES_HELP = "Exit codes: 0 success, 1 audit failed, 2 bad input or usage, 3 inconclusive audit, 130 interrupted."
 
 
-class _App(typer.Typer):
-    """Turns FundusError into one clear line on stderr and exit code 2 (traceback only with --debug)."""
+def _handle_errors(fn: Callable[..., None]) -> Callable[..., None]:
+    """FundusError -> one clear line on stderr and exit code 2 (a traceback only with --debug).
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    Applied to each command rather than around the app, so that it also holds when the
+    command is invoked through click directly (typer.testing.CliRunner does that).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
-            return super().__call__(*args, **kwargs)
+            fn(*args, **kwargs)
         except FundusError as e:
             if _state["debug"]:
                 raise
             err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
-            sys.exit(2)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             if _state["debug"]:
                 raise
             err.print("[yellow]interrupted[/]: nothing was left half-written; run the same command again to resume.")
-            sys.exit(130)
+            raise typer.Exit(130) from None
+
+    return wrapper
 
 
-app = _App(
+def command(name: str, short_help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        return app.command(name, short_help=short_help)(_handle_errors(fn))
+
+    return register
+
+
+app = typer.Typer(
     name="fundus",
     help="Synthetic retinal fundus photographs from a folder of real ones, checked for realism, usefulness "
     "and privacy.\n\nA project folder uses data/ for datasets, runs/<arch>/ for training runs and reports/ "
@@ -91,7 +106,7 @@ def _emit(main_output: Path | str, summary: dict[str, Any], as_json: bool) -> No
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a one-line JSON summary on stdout instead of the path.")]
 
 
-@app.command("phantoms", short_help="Write built-in demo photographs + labels.csv.  e.g. fundus phantoms raw --n 200")
+@command("phantoms", "Write built-in demo photographs + labels.csv.  e.g. fundus phantoms raw --n 200")
 def phantoms_cmd(
     out_dir: Annotated[Path, typer.Argument(help="Folder to create (must be empty or absent).")] = Path("raw"),
     n: Annotated[int, typer.Option("--n", help="Number of photographs.")] = 200,
@@ -109,7 +124,7 @@ def phantoms_cmd(
     _emit(out_dir, {"out_dir": str(out_dir), "images": result.n_images, "labels": str(result.labels_csv)}, as_json)
 
 
-@app.command("ingest", short_help="Folder of photographs -> data/train.h5 + holdout.h5.  e.g. fundus ingest ./raw")
+@command("ingest", "Folder of photographs -> data/train.h5 + holdout.h5.  e.g. fundus ingest ./raw")
 def ingest_cmd(
     raw: Annotated[Path, typer.Argument(help="Folder of JPEG/PNG/TIFF/BMP photographs (searched recursively).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("data"),
@@ -172,7 +187,7 @@ def ingest_cmd(
                     "n_holdout": r.n_holdout, "rejected": r.n_rejected}, as_json)
 
 
-@app.command("info", short_help="Describe a dataset or report file.  e.g. fundus info data/train.h5")
+@command("info", "Describe a dataset or report file.  e.g. fundus info data/train.h5")
 def info_cmd(
     path: Annotated[Path, typer.Argument(help="A fundus-cli file (.h5 dataset or .json report).")],
     verify: Annotated[bool, typer.Option("--verify", help="Recompute the content fingerprint.")] = False,

@@ -52,7 +52,7 @@ def test_user_lines_in_a_project_folder(phantom_dir: Path, tmp_path: Path, monke
     r = runner.invoke(app, ["ingest", "raw"])
     assert r.exit_code == 2
     assert "already exists" in r.stderr and "--force" in r.stderr and "Traceback" not in r.stderr
-    r = runner.invoke(app, ["ingest", "raw", "--json", "--force", "--size", "32", "-q"])
+    r = runner.invoke(app, ["-q", "ingest", "raw", "--json", "--force", "--size", "32"])
     assert r.exit_code == 0
     assert json.loads(r.stdout)["n_train"] + json.loads(r.stdout)["n_holdout"] == 6
 

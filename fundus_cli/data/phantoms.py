@@ -69,6 +69,7 @@ class PhantomSpec:
     vessel_contrast: float
     lesion_seed: int
     severity: float  # 0..1, number and size of lesions (ignored when label is 0)
+    halo: float  # yellowish crescent of stray light along the rim, 0 = none
     blur: float  # Gaussian sigma
     noise: float  # sensor noise sigma on the 0..1 scale
     noise_seed: int
@@ -124,16 +125,16 @@ def _plan_patient(rng: np.random.Generator, patient: int, eyes: tuple[str, ...])
     notch_size = float(u(0.025, 0.05))
 
     red = u(0.62, 0.95)
-    green = red * u(0.30, 0.55)
-    blue = green * u(0.15, 0.6)
+    green = red * u(0.32, 0.62)
+    blue = green * u(0.15, 0.65)
     brightness = float(np.clip(math.exp(rng.normal(math.log(0.9), 0.18)), 0.45, 1.2))
-    disc_r = u(0.095, 0.125)
+    disc_r = u(0.11, 0.15)
     disc_x = -u(0.52, 0.68)
     disc_y = u(-0.06, 0.06)
     disc_aspect = u(1.0, 1.15)
     cup_ratio = u(0.25, 0.5)
     disc_pallor = u(0.0, 1.0)
-    macula_dd = u(2.2, 2.6)
+    macula_dd = u(2.0, 2.4)
     fovea_dy = u(0.0, 0.05)
     vessel_seed = int(rng.integers(2**31))
     vessel_contrast = u(0.8, 1.1)
@@ -159,7 +160,7 @@ def _plan_patient(rng: np.random.Generator, patient: int, eyes: tuple[str, ...])
                 illum_angle=float(u(0, 2 * math.pi)),
                 illum_strength=float(u(0.0, 0.22)),
                 texture_seed=int(rng.integers(2**31)),
-                texture_strength=float(u(0.03, 0.08)),
+                texture_strength=float(u(0.035, 0.1)),
                 disc_x=float(disc_x + rng.normal(0, 0.01)),
                 disc_y=float(disc_y + rng.normal(0, 0.01)),
                 disc_r=float(disc_r * u(0.97, 1.03)),
@@ -175,7 +176,8 @@ def _plan_patient(rng: np.random.Generator, patient: int, eyes: tuple[str, ...])
                 vessel_contrast=float(vessel_contrast),
                 lesion_seed=int(rng.integers(2**31)),
                 severity=severity,
-                blur=float(u(0.0005, 0.0025)),
+                halo=float(0.0 if rng.random() < 0.6 else u(0.05, 0.25)),
+                blur=float(u(0.001, 0.003)),
                 noise=float(u(0.004, 0.012)),
                 noise_seed=int(rng.integers(2**31)),
                 background=float(u(0.0, 6.0)),
@@ -189,6 +191,8 @@ def _plan_patient(rng: np.random.Generator, patient: int, eyes: tuple[str, ...])
 
 def render_phantom(spec: PhantomSpec) -> np.ndarray:
     """Render one photograph: RGB uint8 array of shape (height, width, 3)."""
+    if spec.eye not in ("left", "right"):
+        raise ValueError(f"PhantomSpec.eye must be 'left' or 'right', got {spec.eye!r}")
     W, H, r = spec.width, spec.height, spec.fov_r
     cx, cy = spec.fov_cx, spec.fov_cy
     mirror = 1.0 if spec.eye == "left" else -1.0
@@ -223,12 +227,20 @@ def render_phantom(spec: PhantomSpec) -> np.ndarray:
     _vessels(refl, spec, to_px, ri, disc, fovea)
 
     img = refl * _illumination(spec, X, Y, ih, iw)[..., None]
+    if spec.halo > 0:
+        rho = np.sqrt(X * X + Y * Y)
+        ang = np.arctan2(Y, X * mirror)
+        crescent = 0.5 + 0.5 * np.cos(ang - spec.illum_angle - math.pi)
+        ring = spec.halo * np.exp(-(((rho - 0.97) / 0.07) ** 2)) * crescent
+        img += ring[..., None] * np.array([0.9, 0.9, 0.55], np.float32) * spec.brightness
     sigma = spec.blur * ri
     if sigma > 0.25:
         img = cv2.GaussianBlur(img, (0, 0), sigma)
     noise_rng = np.random.default_rng(spec.noise_seed)
-    img += noise_rng.standard_normal(img.shape, dtype=np.float32) * np.float32(spec.noise)
-    fundus = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    grain = noise_rng.standard_normal((ih // 2 + 1, iw // 2 + 1, 3), dtype=np.float32)
+    img += cv2.resize(grain, (iw, ih), interpolation=cv2.INTER_NEAREST) * np.float32(spec.noise)
+    np.maximum(img, 0, out=img)
+    fundus = cv2.convertScaleAbs(img, alpha=255.0)  # rounds and saturates at 255
     if (iw, ih) != (bw, bh):
         fundus = cv2.resize(fundus, (bw, bh), interpolation=cv2.INTER_LINEAR)
 
@@ -240,25 +252,37 @@ def render_phantom(spec: PhantomSpec) -> np.ndarray:
 
 
 def _smooth_noise(rng: np.random.Generator, ih: int, iw: int, cells: tuple[int, ...]) -> np.ndarray:
-    """Band-limited noise, std ~1: a sum of upsampled random grids (coarse ones weigh most)."""
-    total = np.zeros((ih, iw), np.float32)
+    """Band-limited noise, std ~1: random grids of several sizes (coarse ones weigh most),
+    summed on a small canvas with ~4 px per cell of the finest grid, then upsampled once."""
+    scale = min(1.0, 4 * max(cells) / max(ih, iw))
+    ch, cw = max(4, round(ih * scale)), max(4, round(iw * scale))
+    total = np.zeros((ch, cw), np.float32)
     weight = 1.0
     norm = 0.0
     for c in cells:
-        cy, cx_ = max(2, round(c * ih / max(ih, iw))), max(2, round(c * iw / max(ih, iw)))
-        grid = rng.standard_normal((cy + 2, cx_ + 2), dtype=np.float32)
-        up = cv2.resize(grid, (iw + 2 * iw // cx_, ih + 2 * ih // cy), interpolation=cv2.INTER_CUBIC)
-        oy, ox = ih // cy, iw // cx_  # drop the border cells, where cubic upsampling is flat
-        total += weight * up[oy : oy + ih, ox : ox + iw]
+        gy, gx = max(2, round(c * ch / max(ch, cw))), max(2, round(c * cw / max(ch, cw)))
+        grid = rng.standard_normal((gy + 2, gx + 2), dtype=np.float32)
+        up = cv2.resize(grid, (cw + 2 * cw // gx, ch + 2 * ch // gy), interpolation=cv2.INTER_CUBIC)
+        oy, ox = ch // gy, cw // gx  # drop the border cells, where cubic upsampling is flat
+        total += weight * up[oy : oy + ch, ox : ox + cw]
         norm += weight**2
         weight *= 0.55
-    return total / math.sqrt(norm)
+    total *= np.float32(1 / math.sqrt(norm))
+    if (ch, cw) != (ih, iw):
+        total = cv2.resize(total, (iw, ih), interpolation=cv2.INTER_LINEAR)
+    return total
+
+
+def _grain(rng: np.random.Generator, ih: int, iw: int) -> np.ndarray:
+    """Fine retinal texture, std ~0.5: white noise at half resolution, upsampled."""
+    small = rng.standard_normal((max(2, ih // 2), max(2, iw // 2)), dtype=np.float32)
+    return cv2.resize(small, (iw, ih), interpolation=cv2.INTER_LINEAR)
 
 
 def _background(spec: PhantomSpec, ih: int, iw: int) -> np.ndarray:
     rng = np.random.default_rng(spec.texture_seed)
     coarse = _smooth_noise(rng, ih, iw, (5, 11, 23, 47))
-    fine = _smooth_noise(rng, ih, iw, (110, 220))
+    fine = _grain(rng, ih, iw)
     t = spec.texture_strength
     refl = np.empty((ih, iw, 3), np.float32)
     # Choroidal texture shows mostly in green and blue; red is nearly saturated pigment.
@@ -294,17 +318,18 @@ def _disc(refl: np.ndarray, X: np.ndarray, Y: np.ndarray, spec: PhantomSpec, ri:
     rng = random.Random(spec.vessel_seed ^ 0x5EED)
     p1, p2 = rng.uniform(0, 6.3), rng.uniform(0, 6.3)
     rho_b = rho / (1 + 0.05 * np.cos(2 * phi + p1) + 0.03 * np.cos(3 * phi + p2))
-    alpha = 1.0 / (1.0 + np.exp(-(1.0 - rho_b) / 0.07))
-    glow = 0.12 * np.exp(-(rho * rho) / (2 * 1.6**2))
+    alpha = 1.0 / (1.0 + np.exp(-(1.0 - rho_b) / 0.045))
+    glow = 0.05 * np.exp(-(rho * rho) / (2 * 1.4**2))
     pal = spec.disc_pallor
     # The temporal side of the rim is paler (thinner nerve-fibre rim): brighter towards +x.
     temporal = 1.0 + 0.08 * np.clip(ex, -1, 1)
-    rim = (1.0, 0.62 + 0.2 * pal, 0.28 + 0.25 * pal)
+    # Brighter than any background: the disc is nearly always the brightest structure.
+    rim = (1.12, 0.72 + 0.2 * pal, 0.25 + 0.2 * pal)
     ccx, ccy = dx + 0.15 * a, dy
     cup_r = spec.cup_ratio
     rc = np.sqrt(((Xw - ccx) / (cup_r * a)) ** 2 + ((Yw - ccy) / (cup_r * b)) ** 2)
     cup = 0.85 / (1.0 + np.exp(-(1.0 - rc) / 0.25))
-    cup_col = (1.0, 0.92, 0.72)
+    cup_col = (1.3, 1.05, 0.6)
     win = refl[r0:r1, c0:c1]
     for ch in range(3):
         v = win[..., ch] * (1 + glow * (1.0 if ch < 2 else 0.5))
@@ -339,28 +364,21 @@ def _fov_mask(spec: PhantomSpec, x0: int, y0: int, bw: int, bh: int) -> np.ndarr
     c = (round((spec.fov_cx - x0) * sh), round((spec.fov_cy - y0) * sh))
     cv2.circle(mask, c, round(spec.fov_r * sh), 255, -1, cv2.LINE_AA, shift=4)
     if spec.notch != "none":
-        r, a, size = spec.fov_r, spec.notch_angle, spec.notch_size * spec.fov_r
-        ex, ey = spec.fov_cx - x0 + r * math.cos(a), spec.fov_cy - y0 + r * math.sin(a)
+        r, size = spec.fov_r, spec.notch_size * spec.fov_r
+        ca, sa = math.cos(spec.notch_angle), math.sin(spec.notch_angle)
+
+        def at(u: float, v: float) -> tuple[float, float]:
+            """u along the ray from the centre through the notch, v across it."""
+            return spec.fov_cx - x0 + u * ca - v * sa, spec.fov_cy - y0 + u * sa + v * ca
+
         if spec.notch == "rect":
-            pts = [(ex - size, ey - size / 2), (ex + size, ey - size / 2), (ex + size, ey + size / 2), (ex - size, ey + size / 2)]
-            # Orient the cut tangentially to the rim.
-            ca, sa = math.cos(a), math.sin(a)
-            pts = [
-                (ex + (px - ex) * ca - (py - ey) * sa, ey + (px - ex) * sa + (py - ey) * ca) for px, py in pts
-            ]
+            pts = [at(r - size, -size / 2), at(r + size, -size / 2), at(r + size, size / 2), at(r - size, size / 2)]
         else:
-            d = size / r
-            tip = (spec.fov_cx - x0 + (r - 1.4 * size) * math.cos(a), spec.fov_cy - y0 + (r - 1.4 * size) * math.sin(a))
-            pts = [
-                (spec.fov_cx - x0 + 1.05 * r * math.cos(a + d), spec.fov_cy - y0 + 1.05 * r * math.sin(a + d)),
-                (spec.fov_cx - x0 + 1.05 * r * math.cos(a - d), spec.fov_cy - y0 + 1.05 * r * math.sin(a - d)),
-                tip,
-            ]
+            pts = [at(r + size, -size), at(r + size, size), at(r - 1.4 * size, 0.0)]
         poly = np.array([[round(px * sh), round(py * sh)] for px, py in pts], np.int32)
         cv2.fillPoly(mask, [poly], 0, cv2.LINE_AA, shift=4)
-    alpha = mask.astype(np.float32) * np.float32(1 / 255)
-    soft = max(0.4, spec.fov_r / 900)
-    return cv2.GaussianBlur(alpha, (0, 0), soft)
+    mask = cv2.GaussianBlur(mask, (0, 0), max(0.4, spec.fov_r / 900))
+    return mask.astype(np.float32) * np.float32(1 / 255)
 
 
 # --------------------------------------------------------------------------- vessels
@@ -383,7 +401,9 @@ class _Sprout:
     final: float = 0.3  # ... from its start to this angle off the horizontal (diverging)
 
 
-def _vessel_tree(spec: PhantomSpec, disc: tuple[float, float], fovea: tuple[float, float]) -> list[tuple[list, list, bool]]:
+def _vessel_tree(
+    spec: PhantomSpec, disc: tuple[float, float], fovea: tuple[float, float]
+) -> list[tuple[list, list, bool]]:
     """Grow arteries and veins from the disc as smooth random walks that branch and thin.
 
     Returns (points, widths, is_artery) per vessel in canonical coordinates.
@@ -404,14 +424,14 @@ def _vessel_tree(spec: PhantomSpec, disc: tuple[float, float], fovea: tuple[floa
                 _Sprout(
                     Dx + main.gauss(0, 0.15) * dr,
                     Dy + main.gauss(0, 0.15) * dr,
-                    side * main.uniform(0.8, 1.3),
+                    side * main.uniform(1.1, 1.45),
                     (w_art if artery else w_vein) * main.uniform(0.95, 1.05),
                     0,
                     artery,
                     "arcade",
                     side,
-                    bend=main.uniform(0.22, 0.45),
-                    final=main.uniform(0.1, 0.45),
+                    bend=main.uniform(0.25, 0.45),
+                    final=main.uniform(-0.05, 0.25),
                 )
             )
         for artery in (True, False):  # nasal trunks
@@ -444,16 +464,16 @@ def _grow(sp: _Sprout, rng: random.Random, stack: list[_Sprout], D: tuple[float,
     pts = [(x, y)]
     ws = [w]
     thick = w > 0.012
-    step = 0.009 if thick else 0.013
+    step = 0.01 if thick else 0.016
     # Curvature is an Ornstein-Uhlenbeck process: smooth bends, tortuous small vessels.
-    ell = 0.1
-    sig = (1.2 if thick else 2.0 + 200 * max(0.0, 0.008 - w)) * (1.0 if sp.kind != "macular" else 1.5)
+    ell = 0.12
+    sig = (1.8 if thick else 2.0 + 200 * max(0.0, 0.008 - w)) * (1.0 if sp.kind != "macular" else 1.5)
     decay = math.exp(-step / ell)
     kick = sig * math.sqrt(1 - decay * decay)
     kappa = rng.gauss(0, sig)
     taper = math.exp(-step * (0.35 if sp.depth == 0 else 1.2))
     gain = {"arcade": 9.0, "nasal": 1.5, "macular": 5.0, "out": 2.0, "in": 5.0}[sp.kind]
-    interval = (0.1, 0.16, 0.25, 0.35)[sp.depth]
+    interval = (0.1, 0.2, 0.3, 0.4)[sp.depth]
     next_branch = 0.02 + rng.expovariate(1 / interval) if sp.kind != "macular" else 1e9
     if sp.kind == "arcade":
         next_branch += 0.5 * rho0 * 0.3
@@ -493,8 +513,13 @@ def _grow(sp: _Sprout, rng: random.Random, stack: list[_Sprout], D: tuple[float,
             next_branch = travelled + 0.02 + rng.expovariate(1 / interval)
             if sp.depth >= _MAX_DEPTH:
                 continue
-            inward = sp.kind == "arcade" and rng.random() < 0.35
-            c = rng.uniform(0.25, 0.45) if inward else rng.uniform(0.3, 0.75)
+            inward = sp.kind == "arcade" and rng.random() < 0.3
+            if inward:
+                c = rng.uniform(0.25, 0.45)
+            elif sp.depth == 0:  # trunks give off mostly small side branches and stay wide
+                c = rng.uniform(0.25, 0.65)
+            else:
+                c = rng.uniform(0.35, 0.8)
             cw = w * c
             if cw < _W_MIN * 1.3:
                 continue
@@ -527,8 +552,9 @@ def _vessels(refl: np.ndarray, spec: PhantomSpec, to_px: Callable, ri: float,
         wpx = np.asarray(ws) * ri * ss
         thick = np.maximum(1, np.rint(wpx)).astype(np.int64)
         # Thin vessels are also shallower: less contrast as well as less width.
-        contrast = np.clip(0.5 + 0.5 * np.asarray(ws) / 0.012, 0.5, 1.0)
-        val = np.rint(np.minimum(1.0, wpx) * contrast * 16).astype(np.int64)
+        contrast = np.clip(0.2 + 0.8 * np.asarray(ws) / 0.014, 0.25, 1.0)
+        fade = np.minimum(1.0, np.arange(len(pts))[::-1] / 4.0)  # vessel ends fade out
+        val = np.rint(np.minimum(1.0, wpx) * contrast * fade * 12).astype(np.int64)
         key = thick * 100 + val
         cuts = np.concatenate([[0], np.flatnonzero(np.diff(key[:-1])) + 1, [len(pts) - 1]])
         for a, b in zip(cuts[:-1], cuts[1:]):
@@ -536,16 +562,24 @@ def _vessels(refl: np.ndarray, spec: PhantomSpec, to_px: Callable, ri: float,
                 runs.append((int(val[a]), int(thick[a]), artery, P[a : b + 1]))
     runs.sort(key=lambda t: (t[0], t[1]))
     for val, thick, artery, poly in runs:
-        cv2.polylines(masks[artery], [poly], False, min(255, val * 16), thick, cv2.LINE_AA, shift=3)
-    sig = max(0.35, 0.5 * ri / 360)
+        cv2.polylines(masks[artery], [poly], False, min(255, round(val * 255 / 12)), thick, cv2.LINE_AA, shift=3)
+    sig = max(0.4, 0.7 * ri / 360)
     am, vm = (
-        cv2.GaussianBlur(cv2.resize(masks[k], (iw, ih), interpolation=cv2.INTER_AREA).astype(np.float32) / 255, (0, 0), sig)
+        cv2.GaussianBlur(cv2.resize(masks[k], (iw, ih), interpolation=cv2.INTER_AREA), (0, 0), sig).astype(np.float32)
+        * np.float32(1 / 255)
         for k in (True, False)
     )
-    am *= min(1.0, spec.vessel_contrast)
-    vm *= min(1.0, spec.vessel_contrast)
-    vein = (0.52, 0.3, 0.38)
-    art = (0.8, 0.64, 0.7)
+    # Vessels dive into the optic cup: fade them towards the disc centre.
+    cup = to_px(np.array([disc]))[0]
+    jj = np.arange(iw, dtype=np.float32)[None, :] - cup[0]
+    ii = np.arange(ih, dtype=np.float32)[:, None] - cup[1]
+    s_cup = 0.35 * spec.disc_r * ri
+    fade = min(1.0, spec.vessel_contrast) * (1.0 - 0.75 * np.exp(-(jj * jj + ii * ii) / (2 * s_cup * s_cup)))
+    am *= fade
+    vm *= fade
+    # Blood absorbs green far more than red: vessels look dark red, not brown.
+    vein = (0.72, 0.4, 0.55)
+    art = (0.88, 0.65, 0.75)
     for ch in range(3):
         # Arteries cross over veins.
         refl[..., ch] *= (1 - am) * (1 - vm * (1 - vein[ch])) + am * art[ch]
@@ -595,16 +629,20 @@ def _lesions(refl: np.ndarray, spec: PhantomSpec, to_px: Callable, ri: float,
         for p in sample(int(4 + 40 * sev * rng.uniform(0.5, 1.0)), pole, 0.33):  # microaneurysms
             spot("haem", p, rng.uniform(0.0028, 0.006), rng.uniform(190, 255))
         for p in sample(int(rng.poisson(1 + 16 * sev**1.5)), pole, 0.38):  # blot haemorrhages
-            size = rng.uniform(0.008, 0.03) * (0.6 + 0.6 * sev)
+            size = rng.uniform(0.008, 0.028) * (0.6 + 0.6 * sev)
             val = rng.uniform(150, 235)
-            for _ in range(rng.integers(2, 5)):
-                q = p + rng.normal(0, 0.5 * size, 2)
-                blob("haem", q, size * rng.uniform(0.5, 1.0), size * rng.uniform(0.5, 1.0), rng.uniform(0, 180), val)
+            for _ in range(rng.integers(4, 9)):  # irregular: a clump of overlapping ellipses
+                q = p + rng.normal(0, 0.55 * size, 2)
+                ax, ay = size * rng.uniform(0.3, 0.7), size * rng.uniform(0.3, 0.7)
+                blob("blot", q, ax, ay, rng.uniform(0, 180), val * rng.uniform(0.75, 1.0))
         for p in sample(int(rng.poisson(3 * sev)), pole, 0.3):  # flame haemorrhages along nerve fibres
             d = p - D
             ang = math.degrees(math.atan2(d[1], d[0]))
-            size = rng.uniform(0.01, 0.022)
-            blob("haem", p, size * 2.5, size * 0.55, ang, rng.uniform(140, 210))
+            size = rng.uniform(0.01, 0.02)
+            u_ = d / max(float(np.hypot(*d)), 1e-6)
+            for k in range(int(rng.integers(3, 6))):  # feathered streaks along the fibres
+                q = p + u_ * rng.normal(0, 1.2 * size) + u_[::-1] * np.array([1, -1]) * rng.normal(0, 0.4 * size)
+                blob("blot", q, size * rng.uniform(1.5, 2.5), size * rng.uniform(0.2, 0.4), ang, rng.uniform(110, 190))
         n_clusters = int(rng.poisson(0.3 + 5 * sev)) if rng.random() < 0.8 else 0
         for _ in range(n_clusters):  # hard exudates: clusters, often ringing the macula
             a = rng.uniform(0, 2 * math.pi)
@@ -612,7 +650,9 @@ def _lesions(refl: np.ndarray, spec: PhantomSpec, to_px: Callable, ri: float,
             spread = rng.uniform(0.01, 0.045)
             for _ in range(int(rng.integers(3, 25))):
                 q = c + rng.normal(0, spread, 2)
-                spot("exu", q, rng.uniform(0.0025, 0.008), rng.uniform(200, 255))
+                rad = rng.uniform(0.003, 0.009)
+                ax, ay = rad * rng.uniform(0.7, 1.3), rad * rng.uniform(0.7, 1.3)
+                blob("exu", q, ax, ay, rng.uniform(0, 180), rng.uniform(190, 255))
         if sev > 0.5:
             for p in sample(int(rng.poisson(3 * (sev - 0.4))), D * 0.6 + F * 0.4, 0.25):  # cotton-wool spots
                 size = rng.uniform(0.015, 0.03)
@@ -625,28 +665,33 @@ def _lesions(refl: np.ndarray, spec: PhantomSpec, to_px: Callable, ri: float,
             spot("drusen", p, rad, rng.uniform(90, 190))
         if sev > 0.45:
             for p in sample(int(rng.poisson(8 * sev)), F, 0.06):  # pigment clumps
-                blob("pig", p, rng.uniform(0.004, 0.012), rng.uniform(0.004, 0.01), rng.uniform(0, 180), rng.uniform(120, 220))
+                ax, ay = rng.uniform(0.004, 0.012), rng.uniform(0.004, 0.01)
+                blob("pig", p, ax, ay, rng.uniform(0, 180), rng.uniform(120, 220))
         if sev > 0.75 and rng.random() < 0.5:  # geographic atrophy
             for _ in range(int(rng.integers(1, 4))):
                 q = F + rng.normal(0, 0.03, 2)
                 s_ = rng.uniform(0.03, 0.07)
-                blob("atrophy", q, s_ * rng.uniform(0.8, 1.2), s_ * rng.uniform(0.8, 1.2), rng.uniform(0, 180), 200)
+                blob("atrophy", q, s_ * rng.uniform(0.8, 1.2), s_ * rng.uniform(0.8, 1.2), rng.uniform(0, 180), 120)
 
     # name: (blur in internal px at r=360, mode, colour)
     looks = {
-        "haem": (0.8, "mul", (0.55, 0.24, 0.27)),
-        "pig": (0.7, "mul", (0.45, 0.3, 0.3)),
-        "exu": (0.45, "mix", (1.0, 0.86, 0.32)),
+        "haem": (0.7, "red", (0.6, 0.1, 0.07)),
+        "blot": (1.6, "red", (0.62, 0.12, 0.08)),
+        "pig": (1.2, "mul", (0.6, 0.45, 0.42)),
+        "exu": (0.7, "mix", (1.0, 0.82, 0.3)),
         "drusen": (1.8, "mix", (0.98, 0.78, 0.42)),
         "cws": (3.0, "mix", (0.95, 0.86, 0.7)),
-        "atrophy": (4.0, "mix", (0.95, 0.7, 0.5)),
+        "atrophy": (4.0, "mix", (0.95, 0.66, 0.42)),
     }
     for name, m in layers.items():
         blur, mode, col = looks[name]
         a = cv2.GaussianBlur(m.astype(np.float32) / 255, (0, 0), max(0.3, blur * ri / 360))
+        red = refl[..., 0].copy()
         for ch in range(3):
             if mode == "mul":
                 refl[..., ch] *= 1 - a * (1 - col[ch])
+            elif mode == "red":  # blood: dark red relative to the local red reflectance
+                refl[..., ch] += a * (col[ch] * red - refl[..., ch])
             else:
                 refl[..., ch] += a * (col[ch] - refl[..., ch])
 
