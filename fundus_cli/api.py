@@ -7,6 +7,7 @@ Everything here raises `FundusError` for problems the user can fix and never pri
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ import numpy as np
 
 from fundus_cli.data.ingest import IngestConfig, IngestResult
 from fundus_cli.errors import FundusError
+from fundus_cli.training.loop import TrainConfig, TrainResult
 
-__all__ = ["IngestConfig", "IngestResult", "describe", "ingest", "phantoms"]
+__all__ = ["IngestConfig", "IngestResult", "TrainConfig", "TrainResult", "describe", "ingest", "phantoms",
+           "train", "train_plan"]
 
 
 def ingest(config: IngestConfig) -> IngestResult:
@@ -23,6 +26,29 @@ def ingest(config: IngestConfig) -> IngestResult:
     from fundus_cli.data.ingest import ingest as run
 
     return run(config)
+
+
+def train(config: TrainConfig, *, log: Callable[[str], None] = lambda s: None) -> TrainResult:
+    """Train a VAE or GAN on a dataset file; checkpoints, metrics and sample grids go to the run folder."""
+    from fundus_cli.training.loop import train as run
+
+    return run(config, log=log)
+
+
+def train_plan(config: TrainConfig) -> dict[str, Any]:
+    """The fully resolved configuration that `train` would use (for --dry-run), without training."""
+    from fundus_cli.data import h5
+    from fundus_cli.training import distributed
+    from fundus_cli.training.loop import config_to_json, model_config, resolve
+
+    device = distributed.resolve_device(config.device)
+    with h5.open_dataset(config.data) as r:
+        info = r.info
+    cfg = resolve(config, stored_size=info.image_size, n_images=info.count, n_classes=len(info.class_names),
+                  device=device)
+    return {"train_config": config_to_json(cfg), "model_config": model_config(cfg, len(info.class_names)),
+            "device": str(device), "dataset": {"path": str(config.data), "images": info.count,
+                                               "fingerprint": info.fingerprint}}
 
 
 def phantoms(out_dir: Path, *, n: int = 200, seed: int = 0, overwrite: bool = False) -> Any:

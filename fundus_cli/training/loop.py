@@ -1,0 +1,430 @@
+"""`fundus train`: the training loop shared by the VAE and the GAN.
+
+The loop reads batches (in memory or streamed from HDF5), runs the trainer's step, logs to
+metrics.jsonl, writes sample grids from fixed seeds, and writes checkpoints atomically.
+It stops cleanly on SIGINT with a checkpoint at the current step, and `--resume` continues
+exactly: all randomness is drawn from generators whose state is in the checkpoint, and the
+order of the data is a function of the seed and the step alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fundus_cli import __version__
+from fundus_cli.data.dataset import CACHE_CHOICES, ImageSource, prefetch
+from fundus_cli.errors import FundusError
+from fundus_cli.fsio import write_json_atomic, write_text_atomic
+from fundus_cli.progress import track
+from fundus_cli.training import checkpoint as ckpt_mod
+from fundus_cli.training import distributed
+from fundus_cli.training.images import save_grid
+from fundus_cli.training.trainers import TRAINERS
+
+ARCHS = ("vae", "gan")
+PRESETS = ("demo", "default", "large")
+AMP_CHOICES = ("auto", "off", "bf16", "fp16")
+
+# Settings per preset; "steps_cpu"/"steps_gpu" make the default run length suit the device.
+_PRESET_VALUES: dict[str, dict[str, Any]] = {
+    "demo": {"size": 64, "batch": 32, "width": 32, "latent_dim": 128,
+             "steps_cpu": {"vae": 600, "gan": 900}, "steps_gpu": {"vae": 3000, "gan": 5000}},
+    "default": {"size": 64, "size_gpu": 128, "batch": 32, "width": 32, "width_gpu": 64, "latent_dim": 128,
+                "steps_cpu": {"vae": 4000, "gan": 6000}, "steps_gpu": {"vae": 30000, "gan": 50000}},
+    "large": {"size": 256, "batch": 64, "width": 64, "latent_dim": 256,
+              "steps_cpu": {"vae": 20000, "gan": 30000}, "steps_gpu": {"vae": 100000, "gan": 150000}},
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: Path = Path("data/train.h5")  # dataset from `fundus ingest`
+    arch: str = "vae"  # vae | gan
+    out: Path | None = None  # run folder; default runs/<arch>
+    preset: str = "default"  # demo (a few CPU minutes) | default | large (GPU)
+    size: int | None = None  # training resolution (power of two, 32..256, <= stored size)
+    steps: int | None = None  # optimisation steps (default: by preset and device)
+    epochs: float | None = None  # alternative to steps: passes over the data
+    batch: int | None = None  # images per step (per process under torchrun)
+    lr: float | None = None  # learning rate (GAN: generator and discriminator)
+    width: int | None = None  # network width at full resolution
+    latent_dim: int | None = None  # size of z
+    seed: int = 0  # everything random derives from it
+    device: str = "auto"  # auto | cpu | cuda
+    conditional: bool = False  # condition on the labels (so `sample --label` works)
+    mirror: bool = True  # random horizontal flips (left and right eyes are mirror images)
+    cache: str = "auto"  # auto | memory | stream
+    snapshot_every: int | None = None  # steps between checkpoints (default: ~10 per run)
+    sample_every: int | None = None  # steps between sample grids (default: ~5 per run)
+    log_every: int = 10  # steps between metrics.jsonl lines
+    keep: int = 3  # numbered checkpoints to keep
+    amp: str = "auto"  # mixed precision: auto (bf16 on a GPU that has it) | off | bf16 | fp16
+    compile: bool = False  # torch.compile the networks
+    resume: bool = False  # continue from <out>/checkpoint.pt
+    force: bool = False  # overwrite an existing run / resume despite a mismatch
+    # VAE
+    beta: float = 1.0  # KL weight after warm-up
+    kl_warmup: int | None = None  # steps of linear KL warm-up (default: a fifth of the run)
+    recon: str = "l1"  # l1 | l2
+    ssim_weight: float = 0.2  # share of (1 - SSIM) in the reconstruction loss
+    # GAN
+    gan_loss: str = "hinge"  # hinge | nonsaturating
+    lr_d: float | None = None  # discriminator learning rate (default: lr)
+    r1_gamma: float = 0.1  # R1 penalty weight on reals (0 = off)
+    r1_every: int = 4  # lazy R1: apply every k steps, scaled by k
+    diffaugment: str = "color,translation,cutout"  # DiffAugment policy ("" = off)
+    ema_decay: float = 0.999  # generator EMA decay (ramped up at the start)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    step: int
+    steps: int
+    seconds: float
+    images_per_second: float
+    interrupted: bool = False
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    grid: Path | None = None
+    loss_plot: Path | None = None
+
+
+def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+
+
+def config_from_json(d: dict[str, Any]) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(d) - known
+    if unknown:
+        raise FundusError(f"unknown training settings {sorted(unknown)} in a checkpoint or config file")
+    values = dict(d)
+    for key in ("data", "out"):
+        if values.get(key) is not None:
+            values[key] = Path(values[key])
+    return TrainConfig(**values)
+
+
+def resolve(cfg: TrainConfig, *, stored_size: int, n_images: int, n_classes: int, device: torch.device,
+            world: int = 1) -> TrainConfig:
+    """Fill every None from the preset, the data and the device; validate."""
+    if cfg.arch not in ARCHS:
+        raise FundusError(f"--arch {cfg.arch!r}: choose one of {', '.join(ARCHS)}.")
+    if cfg.preset not in PRESETS:
+        raise FundusError(f"--preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}.")
+    if cfg.amp not in AMP_CHOICES:
+        raise FundusError(f"--amp {cfg.amp!r}: choose one of {', '.join(AMP_CHOICES)}.")
+    if cfg.cache not in CACHE_CHOICES:
+        raise FundusError(f"--cache {cfg.cache!r}: choose one of {', '.join(CACHE_CHOICES)}.")
+    if cfg.recon not in ("l1", "l2"):
+        raise FundusError(f"--recon {cfg.recon!r}: choose l1 or l2.")
+    if cfg.gan_loss not in ("hinge", "nonsaturating"):
+        raise FundusError(f"--gan-loss {cfg.gan_loss!r}: choose hinge or nonsaturating.")
+    p = _PRESET_VALUES[cfg.preset]
+    gpu = device.type == "cuda"
+    size = cfg.size or min(p.get("size_gpu", p["size"]) if gpu else p["size"], stored_size)
+    if size not in (32, 64, 128, 256):
+        raise FundusError(f"--size {size}: the networks train at 32, 64, 128 or 256 px.")
+    if size > stored_size:
+        raise FundusError(f"--size {size} is larger than the {stored_size} px stored in {cfg.data}; "
+                          f"use --size {stored_size} or less, or ingest with a larger --size.")
+    batch = cfg.batch or p["batch"]
+    if batch < 1:
+        raise FundusError(f"--batch {batch}: give a positive batch size.")
+    if n_images < batch * world:
+        raise FundusError(f"{cfg.data} holds {n_images} images, fewer than one batch of {batch}"
+                          f"{f' x {world} processes' if world > 1 else ''}. Use --batch {max(1, n_images // world)} "
+                          "or less, or ingest more images.")
+    if cfg.conditional and n_classes < 2:
+        raise FundusError(f"--conditional needs labels with at least 2 classes; {cfg.data} has "
+                          f"{n_classes}. Ingest with --labels, or train without --conditional.")
+    steps_per_epoch = max(1, n_images // (batch * world))
+    if cfg.steps is not None and cfg.epochs is not None:
+        raise FundusError("give --steps or --epochs, not both.")
+    if cfg.epochs is not None:
+        steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    else:
+        steps = cfg.steps if cfg.steps is not None else p["steps_gpu" if gpu else "steps_cpu"][cfg.arch]
+    if steps < 1:
+        raise FundusError(f"--steps {steps}: give a positive number of steps.")
+    amp = cfg.amp
+    if amp == "auto":
+        amp = "bf16" if gpu and torch.cuda.is_bf16_supported() else "off"
+    if amp != "off" and not gpu:
+        raise FundusError(f"--amp {amp} is for CUDA GPUs; on a CPU use --amp off (the default).")
+    return replace(
+        cfg,
+        out=cfg.out or Path("runs") / cfg.arch,
+        size=size,
+        batch=batch,
+        steps=steps,
+        lr=cfg.lr or (2e-4 if cfg.arch == "gan" else 1e-3),
+        lr_d=cfg.lr_d or cfg.lr or 2e-4,
+        width=cfg.width or (p.get("width_gpu", p["width"]) if gpu else p["width"]),
+        latent_dim=cfg.latent_dim or p["latent_dim"],
+        snapshot_every=cfg.snapshot_every or max(1, steps // 10),
+        sample_every=cfg.sample_every or max(1, steps // 5),
+        kl_warmup=cfg.kl_warmup if cfg.kl_warmup is not None else steps // 5,
+        amp=amp,
+    )
+
+
+def model_config(cfg: TrainConfig, n_classes: int) -> dict[str, Any]:
+    mc: dict[str, Any] = {"image_size": cfg.size, "width": cfg.width, "latent_dim": cfg.latent_dim,
+                          "num_classes": n_classes if cfg.conditional else 0}
+    return mc
+
+
+def hyperparameters(cfg: TrainConfig) -> dict[str, Any]:
+    return {"lr": cfg.lr, "lr_d": cfg.lr_d, "beta": cfg.beta, "kl_warmup": cfg.kl_warmup, "recon": cfg.recon,
+            "ssim_weight": cfg.ssim_weight, "gan_loss": cfg.gan_loss, "r1_gamma": cfg.r1_gamma,
+            "r1_every": cfg.r1_every, "diffaugment": cfg.diffaugment, "ema_decay": cfg.ema_decay}
+
+
+def batch_indices(step: int, *, n: int, batch: int, seed: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """The images of `step` for process `rank`: a seeded permutation per epoch, split by rank.
+
+    A function of (seed, step) alone, so a resumed run reads exactly the batches that an
+    uninterrupted run would have (and each rank a disjoint share, as DistributedSampler does).
+    """
+    per_step = batch * world
+    steps_per_epoch = max(1, n // per_step)
+    epoch, k = divmod(step, steps_per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    start = k * per_step + rank * batch
+    return perm[start : start + batch]
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the loop finishes its step, saves and stops."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.set:  # a second Ctrl-C: the user really means it
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _to_device(images: np.ndarray, labels: np.ndarray | None, *, device: torch.device, mirror: bool,
+               gen: torch.Generator, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    x = torch.from_numpy(images).to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    if mirror:
+        flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(device)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = None if labels is None else torch.from_numpy(labels).long().to(device)
+    return x, y
+
+
+def _prepare_run_dir(cfg: TrainConfig, run_dir: Path) -> dict[str, Any] | None:
+    """Check the run folder; return the checkpoint to resume from, if any."""
+    latest = run_dir / ckpt_mod.LATEST
+    if cfg.resume:
+        if not latest.exists():
+            raise FundusError(f"--resume: {latest} does not exist. Train without --resume to start a run there.")
+        return ckpt_mod.load_checkpoint(latest)
+    if latest.exists() and not cfg.force:
+        raise FundusError(f"{run_dir} already holds a training run ({latest}). Use --resume to continue it, "
+                          "--force to start over there, or --out for a new folder.")
+    if latest.exists():  # --force: start over, removing the old run's files
+        for p in [*run_dir.glob("checkpoint*.pt"), *run_dir.glob("samples-*.png"), run_dir / "metrics.jsonl",
+                  run_dir / "loss.png"]:
+            p.unlink(missing_ok=True)
+    return None
+
+
+def train(cfg: TrainConfig, *, log: Callable[[str], None] = lambda s: None) -> TrainResult:
+    d, device = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, d, device, log)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, log: Callable[[str], None]) -> TrainResult:
+    from fundus_cli.data import h5
+
+    with h5.open_dataset(cfg.data) as r:
+        info = r.info
+    run_dir = Path(cfg.out) if cfg.out else Path("runs") / cfg.arch
+    resume_ckpt = _prepare_run_dir(cfg, run_dir) if d.main or cfg.resume else None
+    distributed.barrier(d)
+    if resume_ckpt is None and cfg.resume:
+        resume_ckpt = ckpt_mod.load_checkpoint(run_dir / ckpt_mod.LATEST)
+    if resume_ckpt is not None:
+        if resume_ckpt["arch"] != cfg.arch:
+            raise FundusError(f"{run_dir / ckpt_mod.LATEST} is a {resume_ckpt['arch']} checkpoint; it cannot resume "
+                              f"--arch {cfg.arch}. Use --arch {resume_ckpt['arch']} or another --out.")
+        if resume_ckpt["dataset_fingerprint"] != info.fingerprint and not cfg.force:
+            raise FundusError(f"{run_dir / ckpt_mod.LATEST} was trained on other data (fingerprint "
+                              f"{resume_ckpt['dataset_fingerprint'][:12]}) than {cfg.data} "
+                              f"({info.fingerprint[:12]}). Resume with the same dataset, or add --force to "
+                              "continue training on this one.")
+        saved = config_from_json(resume_ckpt["train_config"])
+        # The saved settings define the run; only the run length and the machine may change.
+        cfg = replace(saved, steps=cfg.steps or saved.steps, device=cfg.device, cache=cfg.cache, resume=True,
+                      force=cfg.force, data=cfg.data, out=run_dir)
+    n_classes = len(info.class_names)
+    cfg = resolve(cfg, stored_size=info.image_size, n_images=info.count, n_classes=n_classes, device=device,
+                  world=d.world)
+    assert cfg.steps is not None and cfg.batch is not None and cfg.size is not None
+    mconf = resume_ckpt["model_config"] if resume_ckpt is not None else model_config(cfg, n_classes)
+
+    torch.manual_seed(cfg.seed)
+    source = ImageSource(cfg.data, size=cfg.size, cache=cfg.cache)
+    try:
+        fov = torch.from_numpy((source.fov_frequency >= 0.5).astype(np.float32))
+        channels_last = device.type == "cuda"
+        trainer = TRAINERS[cfg.arch](mconf, hyperparameters(cfg), device=device, fov_mask=fov, ddp=d.enabled,
+                                     amp=cfg.amp, channels_last=channels_last, compile=cfg.compile)
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank)
+        start = 0
+        if resume_ckpt is not None:
+            trainer.load_state(resume_ckpt)
+            gen.set_state(resume_ckpt["rng"][f"rank{d.rank}"] if f"rank{d.rank}" in resume_ckpt["rng"]
+                          else resume_ckpt["rng"]["rank0"])
+            start = int(resume_ckpt["step"])
+            log(f"resuming {run_dir} at step {start} of {cfg.steps}")
+        if start >= cfg.steps:
+            raise FundusError(f"{run_dir} is already at step {start} of {cfg.steps}. Give a larger --steps to "
+                              "train further.")
+        if d.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(run_dir / "config.json", {
+                "fundus_cli_version": __version__, "arch": cfg.arch, "train_config": config_to_json(cfg),
+                "model_config": mconf, "device": str(device), "world_size": d.world,
+                "dataset": {"path": str(cfg.data), "fingerprint": info.fingerprint, "images": info.count,
+                            "class_names": list(info.class_names), "stored_size": info.image_size},
+            })
+            _truncate_metrics(run_dir / "metrics.jsonl", start)
+        labels = source.labels if cfg.conditional else None
+        # Fixed latents for the sample grids: the same picture positions across the run.
+        grid_gen = torch.Generator().manual_seed(cfg.seed + 9973)
+        grid_z = torch.randn(64, trainer.latent_dim, generator=grid_gen).to(device)
+        grid_y = (torch.arange(64) % n_classes).to(device) if cfg.conditional else None
+
+        def save_payload(step: int) -> dict[str, Any]:
+            rng = _gather_rng(gen, d)
+            return {"arch": cfg.arch, "model_config": mconf, "train_config": config_to_json(cfg), "step": step,
+                    "rng": rng, "dataset_fingerprint": info.fingerprint, "dataset_path": str(cfg.data),
+                    "class_names": list(info.class_names), "image_size": cfg.size, **trainer.state()}
+
+        steps_left = range(start, cfg.steps)
+        batches = prefetch(source, (batch_indices(s, n=source.n, batch=cfg.batch, seed=cfg.seed, rank=d.rank,
+                                                  world=d.world) for s in steps_left))
+        t_start = time.perf_counter()
+        window: list[tuple[float, int]] = []
+        metrics: dict[str, float] = {}
+        step = start
+        interrupted = False
+        announced = False
+        grid_path: Path | None = None
+        with _StopFlag() as stop, track(f"train {cfg.arch}", cfg.steps - start, unit="step") as advance:
+            metrics_file = open(run_dir / "metrics.jsonl", "a") if d.main else None
+            try:
+                for step in steps_left:
+                    idx = batch_indices(step, n=source.n, batch=cfg.batch, seed=cfg.seed, rank=d.rank, world=d.world)
+                    t0 = time.perf_counter()
+                    images = next(batches)
+                    x, y = _to_device(images, None if labels is None else labels[idx], device=device,
+                                      mirror=cfg.mirror, gen=gen, channels_last=channels_last)
+                    metrics = trainer.step(x, y, step, gen)
+                    done = step + 1
+                    window.append((time.perf_counter() - t0, x.shape[0] * d.world))
+                    if not announced and len(window) == 5:
+                        per_step = float(np.median([w[0] for w in window]))
+                        log(f"about {per_step * (cfg.steps - done) / 60:.1f} min for the remaining "
+                            f"{cfg.steps - done} steps ({per_step:.2f} s/step on {device})")
+                        announced = True
+                    if done % cfg.log_every == 0 or done == cfg.steps:
+                        secs = sum(w[0] for w in window[-cfg.log_every:])
+                        imgs = sum(w[1] for w in window[-cfg.log_every:])
+                        m = distributed.mean_over_ranks(metrics, d, device)
+                        line = {"step": done, **{k: round(v, 6) for k, v in m.items()},
+                                "images_per_s": round(imgs / secs, 2) if secs > 0 else None, "lr": cfg.lr,
+                                "time": round(time.perf_counter() - t_start, 3)}
+                        if metrics_file is not None:
+                            metrics_file.write(json.dumps(line) + "\n")
+                            metrics_file.flush()
+                        advance(0, **{k: v for k, v in m.items() if k in ("loss", "d_loss", "g_loss")},
+                                img_s=imgs / secs if secs > 0 else 0.0)
+                    advance(1)
+                    stopping = distributed.any_rank(stop.set, d, device)
+                    if d.main and (done % cfg.sample_every == 0 or done == cfg.steps or stopping):
+                        grid_path = run_dir / f"samples-{done:08d}.png"
+                        save_grid(trainer.sample(grid_z, grid_y), grid_path, nrow=8)
+                    if done % cfg.snapshot_every == 0 or done == cfg.steps or stopping:
+                        payload = save_payload(done)
+                        if d.main:
+                            ckpt_mod.save_checkpoint(run_dir, payload, keep=cfg.keep)
+                    step = done
+                    if stopping:
+                        interrupted = done < cfg.steps
+                        break
+            finally:
+                if metrics_file is not None:
+                    metrics_file.close()
+        seconds = time.perf_counter() - t_start
+        loss_plot = None
+        if d.main and not interrupted:
+            from fundus_cli.training.images import plot_losses
+
+            loss_plot = plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"{cfg.arch} training")
+        total_imgs = sum(w[1] for w in window)
+        return TrainResult(run_dir=run_dir, checkpoint=run_dir / ckpt_mod.LATEST, step=step, steps=cfg.steps,
+                           seconds=seconds, images_per_second=total_imgs / max(seconds, 1e-9),
+                           interrupted=interrupted, last_metrics=metrics, grid=grid_path, loss_plot=loss_plot)
+    finally:
+        source.close()
+
+
+def _gather_rng(gen: torch.Generator, d: distributed.Dist) -> dict[str, torch.Tensor]:
+    state = gen.get_state()
+    if not d.enabled:
+        return {"rank0": state}
+    import torch.distributed as tdist
+
+    states = [torch.empty_like(state) for _ in range(d.world)]
+    tdist.all_gather_object(states, state)  # small byte tensors; gloo and nccl both handle objects
+    return {f"rank{i}": s for i, s in enumerate(states)}
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines past `step`, so that a resumed run's log reads like an uninterrupted one."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    write_text_atomic(path, "".join(k + "\n" for k in keep))

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fundus_cli.errors import FundusError
+from fundus_cli.training import checkpoint as ckpt_mod
+from fundus_cli.training import trainers
+from fundus_cli.training.loop import TrainConfig, batch_indices, train
+
+
+def _cfg(folder: Path, out: Path, arch: str, **kw: object) -> TrainConfig:
+    base = dict(data=folder / "train.h5", arch=arch, out=out, size=32, batch=4, width=8, latent_dim=16, steps=10,
+                snapshot_every=5, sample_every=5, log_every=1, device="cpu", seed=1)
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    ck = ckpt_mod.load_checkpoint(path)
+    flat = {}
+    for group in ("models", "ema", "optimizers"):
+        for name, sd in ck[group].items():
+            for k, v in (sd.items() if group != "optimizers" else sd["state"].items()):
+                if isinstance(v, torch.Tensor):
+                    flat[f"{group}.{name}.{k}"] = v
+                elif isinstance(v, dict):
+                    for kk, vv in v.items():
+                        if isinstance(vv, torch.Tensor):
+                            flat[f"{group}.{name}.{k}.{kk}"] = vv
+    return flat
+
+
+@pytest.mark.parametrize("arch", ["vae", "gan"])
+def test_resume_after_kill_and_after_ctrl_c_is_exact(arch: str, tiny_data: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    straight = train(_cfg(tiny_data, tmp_path / "straight", arch))
+    assert straight.step == 10 and not straight.interrupted
+    ref = _weights(straight.checkpoint)
+
+    # kill after step 5: only the step-5 snapshot survives, then --resume
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    shutil.copy(tmp_path / "straight" / ckpt_mod.numbered_name(5), killed / ckpt_mod.LATEST)
+    resumed = train(_cfg(tiny_data, killed, arch, resume=True))
+    assert resumed.step == 10
+    got = _weights(resumed.checkpoint)
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+
+    # Ctrl-C during step 6: a checkpoint at step 6, a clean stop, then --resume
+    real_step = trainers.TRAINERS[arch].step
+    calls = {"n": 0}
+
+    def step_and_interrupt(self, *a, **k):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        out = real_step(self, *a, **k)
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(trainers.TRAINERS[arch], "step", step_and_interrupt)
+    stopped = train(_cfg(tiny_data, tmp_path / "ctrlc", arch))
+    assert stopped.interrupted and stopped.step == 6
+    assert ckpt_mod.load_checkpoint(tmp_path / "ctrlc")["step"] == 6
+    monkeypatch.setattr(trainers.TRAINERS[arch], "step", real_step)
+    done = train(_cfg(tiny_data, tmp_path / "ctrlc", arch, resume=True))
+    got = _weights(done.checkpoint)
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+    # the log reads like an uninterrupted run's
+    steps = [json.loads(line)["step"] for line in (tmp_path / "ctrlc" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))
+
+
+def test_run_folder_outputs(tiny_data: Path, tmp_path: Path) -> None:
+    r = train(_cfg(tiny_data, tmp_path / "run", "gan", steps=6, snapshot_every=2, sample_every=3, keep=2))
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("checkpoint-*.pt")) == ["checkpoint-00000004.pt", "checkpoint-00000006.pt"]
+    assert (run / "checkpoint.pt").read_bytes() == (run / "checkpoint-00000006.pt").read_bytes()
+    assert {p.name for p in run.glob("samples-*.png")} == {"samples-00000003.png", "samples-00000006.png"}
+    assert (run / "loss.png").stat().st_size > 1000
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train_config"]["steps"] == 6 and cfg["dataset"]["fingerprint"]
+    ck = ckpt_mod.load_checkpoint(r.checkpoint)
+    assert ck["arch"] == "gan" and ck["step"] == 6 and set(ck["models"]) == {"generator", "discriminator"}
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4, 5, 6]
+    assert all("d_loss" in x and "g_loss" in x and x["images_per_s"] > 0 for x in lines)
+    assert not list(run.glob("*.tmp"))
+
+
+def test_refusals(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(_cfg(tiny_data, run, "vae", steps=2))
+    with pytest.raises(FundusError, match="already holds a training run"):
+        train(_cfg(tiny_data, run, "vae", steps=2))
+    with pytest.raises(FundusError, match="vae checkpoint"):
+        train(_cfg(tiny_data, run, "gan", steps=4, resume=True))
+    with pytest.raises(FundusError, match="other data"):
+        train(_cfg(tiny_data, run, "vae", steps=4, resume=True, batch=2, data=tiny_data / "holdout.h5"))
+    with pytest.raises(FundusError, match="fewer than one batch"):
+        train(_cfg(tiny_data, tmp_path / "r2", "vae", batch=64))
+    with pytest.raises(FundusError, match="does not exist. Train without --resume"):
+        train(_cfg(tiny_data, tmp_path / "r3", "vae", resume=True))
+    # a corrupt checkpoint is refused with the file named, and nothing is overwritten
+    (run / "checkpoint.pt").unlink()
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(FundusError, match="checkpoint.pt: not a readable"):
+        train(_cfg(tiny_data, run, "vae", steps=4, resume=True))
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_batches_depend_on_seed_and_step_only() -> None:
+    a = [batch_indices(s, n=50, batch=8, seed=3) for s in range(12)]
+    assert all(np.array_equal(x, batch_indices(s, n=50, batch=8, seed=3)) for s, x in enumerate(a))
+    epoch0 = np.concatenate(a[:6])  # 6 steps per epoch: no image twice
+    assert len(set(epoch0.tolist())) == 48
+    r0 = batch_indices(0, n=50, batch=4, seed=3, rank=0, world=2)
+    r1 = batch_indices(0, n=50, batch=4, seed=3, rank=1, world=2)
+    assert not set(r0.tolist()) & set(r1.tolist())
