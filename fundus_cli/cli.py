@@ -208,6 +208,7 @@ def train_cmd(
     size: Annotated[Optional[int], typer.Option(help="Training resolution: 32, 64, 128 or 256 (<= stored size).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimisation steps (default: by preset and device).")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Passes over the data, instead of --steps.")] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes (with a checkpoint).")] = None,
     batch: Annotated[Optional[int], typer.Option(help="Images per step (per process under torchrun).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Network width (channels at full resolution).")] = None,
@@ -233,7 +234,7 @@ def train_cmd(
     Example: fundus train --arch gan --preset demo --conditional
     """
     cfg = api.TrainConfig(data=data, arch=arch.value, out=out, preset=preset.value, size=size, steps=steps,
-                          epochs=epochs, batch=batch, lr=lr, width=width, seed=seed, device=device,
+                          epochs=epochs, max_minutes=minutes, batch=batch, lr=lr, width=width, seed=seed, device=device,
                           conditional=conditional, mirror=mirror, cache=cache, snapshot_every=snapshot_every,
                           sample_every=sample_every, keep=keep, amp=amp, compile=compile, resume=resume, force=force)
     if dry_run:

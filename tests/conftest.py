@@ -47,3 +47,15 @@ def tiny_data(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     out = tmp_path_factory.mktemp("tiny") / "data"
     ingest(IngestConfig(raw=phantom_dir, out=out, size=32, workers=1, holdout_fraction=0.25))
     return out
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny test tensors run fastest on one thread; OpenMP's team on a busy 2-core machine
+    can make them 10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -44,7 +44,7 @@ from fundus_cli.models.layers import (
 class GANConfig:
     image_size: int = 64  # square RGB images; 32, 64, 128 or 256
     width: int = 32  # channels at full resolution in G and D; every layer scales with it
-    channel_mults: tuple[int, ...] = ()  # width multiplier per level, full resolution first; () = 1,2,4,8,8,8 cut to fit
+    channel_mults: tuple[int, ...] = ()  # per level, full res first; () = 1,2,4,8,8,8[:levels]
     latent_dim: int = 128  # size of the Gaussian latent z
     num_classes: int = 0  # 0 = unconditional; else conditional BN in G and projection in D
 
@@ -143,9 +143,9 @@ class DBlock(nn.Module):
     """(ReLU)-conv-ReLU-(avgpool)-conv plus an (avgpooled, 1x1-projected) skip, all
     spectrally normalised. The first block skips the pre-activation: its input is the image.
 
-    Pooling between the two convs (as StyleGAN2's D does with its strided second conv)
-    runs the wider conv at a quarter of the pixels; the discriminator runs three times per
-    training step, so this is where CPU time goes.
+    Pooling between the two convs (StyleGAN2's D does the same with a strided second conv)
+    runs the second conv on a quarter of the pixels; D runs three times per training step,
+    so this is where CPU time goes.
     """
 
     def __init__(self, in_ch: int, out_ch: int, *, downsample: bool, preactivation: bool) -> None:

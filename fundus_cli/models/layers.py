@@ -145,7 +145,9 @@ def set_fov_mask(model: nn.Module, mask: Tensor) -> None:
     if not targets:
         raise ValueError(f"{type(model).__name__} has no fov_mask buffer")
     if mask.dim() not in (2, 3, 4) or (mask.dim() > 2 and math.prod(mask.shape[:-2]) != 1):
-        raise FundusError(f"field-of-view mask must be (H, W) or (1, 1, H, W), got {tuple(mask.shape)}")
+        raise FundusError(
+            f"field-of-view mask must be (H, W) or (1, 1, H, W), got {tuple(mask.shape)}"
+        )
     mask = mask.detach().reshape(1, 1, *mask.shape[-2:])
     if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
         raise FundusError("field-of-view mask values must lie in [0, 1]")

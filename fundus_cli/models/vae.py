@@ -1,7 +1,7 @@
 """Convolutional beta-VAE for fundus photographs, optionally class-conditional.
 
 Encoder: conv -> [residual block, stride-2 conv] per level down to 4x4 -> linear -> (mu, logvar).
-Decoder: linear -> 4x4 -> [nearest upsample + conv, residual block] per level -> conv -> tanh,
+Decoder: linear -> 4x4 -> [conv, nearest upsample, residual block] per level -> conv -> tanh,
 then the field-of-view mask paints the surround black. With `num_classes > 0` a label
 embedding is added as a per-channel bias inside every residual block of both halves and is
 concatenated to z at the decoder input.
@@ -43,9 +43,9 @@ LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 class VAEConfig:
     image_size: int = 64  # square RGB images; 32, 64, 128 or 256
     width: int = 32  # channels at full resolution; every layer scales with it
-    channel_mults: tuple[int, ...] = ()  # width multiplier per level, full resolution first; () = 1,2,4,8,8,8 cut to fit
+    channel_mults: tuple[int, ...] = ()  # per level, full res first; () = 1,2,4,8,8,8[:levels]
     latent_dim: int = 128  # size of the latent vector z
-    num_classes: int = 0  # 0 = unconditional; else labels 0..num_classes-1 condition encoder and decoder
+    num_classes: int = 0  # 0 = unconditional; else labels 0..num_classes-1 condition both halves
     class_embed_dim: int = 64  # size of the label embedding (unused when unconditional)
 
     def __post_init__(self) -> None:
@@ -117,7 +117,8 @@ class VAE(nn.Module):
 
         self.dec_in = nn.Linear(config.latent_dim + cond_dim, bottom)
         self.dec_mid = ResBlock(ch[-1], cond_dim)
-        # upsampling convs narrow the channels first, so full resolution runs at ch[0] only
+        # each level narrows the channels with a conv at the lower resolution (4x cheaper)
+        # before nearest upsampling; the residual block after it smooths the 2x2 blocks
         self.dec_up = nn.ModuleList(
             nn.Conv2d(n, c, 3, padding=1) for c, n in zip(reversed(ch), reversed(next_ch))
         )
@@ -147,7 +148,7 @@ class VAE(nn.Module):
         c = self.config.channels[-1]
         h = self.dec_mid(self.dec_in(zc).view(-1, c, BOTTOM_SIZE, BOTTOM_SIZE), cond)
         for up, block in zip(self.dec_up, self.dec_blocks):
-            h = block(up(F.interpolate(h, scale_factor=2.0, mode="nearest")), cond)
+            h = block(F.interpolate(up(h), scale_factor=2.0, mode="nearest"), cond)
         x = torch.tanh(self.dec_out(F.silu(self.dec_norm(h))))
         return apply_fov_mask(x, self.fov_mask)
 
@@ -190,9 +191,9 @@ def ssim(
     off: E[x^2] - E[x]^2 cancels catastrophically in bf16.
     """
     if x.shape != y.shape or x.dim() != 4:
-        raise ValueError(f"ssim needs two (B, C, H, W) tensors of one shape, got {x.shape}, {y.shape}")
+        raise ValueError(f"ssim needs two (B, C, H, W) tensors of one shape: {x.shape}, {y.shape}")
     if min(x.shape[-2:]) < window_size:
-        raise ValueError(f"images of {tuple(x.shape[-2:])} are smaller than the {window_size}-px window")
+        raise ValueError(f"images {tuple(x.shape[-2:])} are below the {window_size}-px window")
     with torch.autocast(device_type=x.device.type, enabled=False):
         x, y = x.float(), y.float()
         channels = x.shape[1]

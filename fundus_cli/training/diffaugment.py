@@ -122,4 +122,5 @@ def diff_augment(
         for augment in AUGMENTS[name]:
             x = augment(x, generator)
     # the indexing in translation scrambles strides; hand back the layout we were given
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return x.contiguous(memory_format=layout)

@@ -56,6 +56,7 @@ class TrainConfig:
     size: int | None = None  # training resolution (power of two, 32..256, <= stored size)
     steps: int | None = None  # optimisation steps (default: by preset and device)
     epochs: float | None = None  # alternative to steps: passes over the data
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall-clock time
     batch: int | None = None  # images per step (per process under torchrun)
     lr: float | None = None  # learning rate (GAN: generator and discriminator)
     width: int | None = None  # network width at full resolution
@@ -376,7 +377,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, log: Cal
                         advance(0, **{k: v for k, v in m.items() if k in ("loss", "d_loss", "g_loss")},
                                 img_s=imgs / secs if secs > 0 else 0.0)
                     advance(1)
-                    stopping = distributed.any_rank(stop.set, d, device)
+                    out_of_time = cfg.max_minutes is not None and time.perf_counter() - t_start > 60 * cfg.max_minutes
+                    stopping = distributed.any_rank(stop.set or out_of_time, d, device)
                     if d.main and (done % cfg.sample_every == 0 or done == cfg.steps or stopping):
                         grid_path = run_dir / f"samples-{done:08d}.png"
                         save_grid(trainer.sample(grid_z, grid_y), grid_path, nrow=8)
@@ -386,7 +388,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, log: Cal
                             ckpt_mod.save_checkpoint(run_dir, payload, keep=cfg.keep)
                     step = done
                     if stopping:
-                        interrupted = done < cfg.steps
+                        interrupted = stop.set and done < cfg.steps
                         break
             finally:
                 if metrics_file is not None:

@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+from fundus_cli.errors import FundusError
+from fundus_cli.models import GAN, GANConfig, build_model, set_fov_mask
+from fundus_cli.models.gan import (
+    GAN_LOSSES,
+    d_hinge_loss,
+    d_nonsaturating_loss,
+    g_hinge_loss,
+    g_nonsaturating_loss,
+    r1_penalty,
+)
+
+TINY = {"width": 8, "latent_dim": 16}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # tiny tensors: thread start-up and contention with other jobs cost more than they save
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_gan(image_size: int = 32, num_classes: int = 0) -> GAN:
+    torch.manual_seed(0)
+    return build_model("gan", {"image_size": image_size, "num_classes": num_classes, **TINY})
+
+
+@pytest.mark.parametrize("image_size", [32, 64])
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_shapes_train_and_batch1_eval(image_size: int, num_classes: int) -> None:
+    gan = tiny_gan(image_size, num_classes)
+    y = torch.tensor([0, 2]) if num_classes else None
+    fake = gan.generator(torch.randn(2, 16), y)
+    assert fake.shape == (2, 3, image_size, image_size)
+    assert fake.min() >= -1 and fake.max() <= 1
+    assert gan.discriminator(fake, y).shape == (2,)
+
+    gan.eval()
+    with torch.no_grad():
+        y1 = y[:1] if y is not None else None
+        one = gan.generator(torch.randn(1, 16), y1)
+        assert one.shape == (1, 3, image_size, image_size)
+        assert gan.discriminator(one, y1).shape == (1,)
+
+
+def test_generator_and_projection_discriminator_use_the_label() -> None:
+    gan = tiny_gan(num_classes=3)
+    # conditional BN starts as the identity for every class; give the classes their own
+    # gains, as training would, to see that the generator routes the label through
+    with torch.no_grad():
+        for module in gan.generator.modules():
+            if isinstance(module, nn.Embedding):
+                module.weight.normal_()
+    gan.eval()
+    z = torch.randn(1, 16)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        a, b = torch.tensor([0]), torch.tensor([1])
+        assert not torch.allclose(gan.generator(z, a), gan.generator(z, b))
+        assert not torch.allclose(gan.discriminator(x, a), gan.discriminator(x, b))
+
+
+def test_fov_mask_paints_outside_black_and_is_saved() -> None:
+    gan = tiny_gan()
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    mask = (((yy - 15.5) ** 2 + (xx - 15.5) ** 2) <= 14.0**2).float()
+    set_fov_mask(gan, mask)
+    fake = gan.generator(torch.randn(3, 16))
+    outside = (mask == 0).expand_as(fake)
+    assert torch.all(fake[outside] == -1.0)
+    assert (fake[~outside] != -1.0).all()
+    fresh = GAN(GANConfig.from_dict(gan.config.to_dict()))
+    fresh.load_state_dict(gan.state_dict())
+    assert torch.equal(fresh.generator.fov_mask[0, 0], mask)
+
+
+def test_hinge_losses() -> None:
+    confident_real, confident_fake = torch.tensor([1.0, 3.0]), torch.tensor([-1.0, -2.0])
+    assert d_hinge_loss(confident_real, confident_fake).item() == 0.0
+    assert d_hinge_loss(torch.tensor([0.5]), torch.tensor([-2.0])).item() == pytest.approx(0.5)
+    assert d_hinge_loss(torch.tensor([2.0]), torch.tensor([0.0])).item() == pytest.approx(1.0)
+    assert g_hinge_loss(torch.tensor([1.0, 3.0])).item() == pytest.approx(-2.0)
+
+
+def test_nonsaturating_losses() -> None:
+    zero = torch.zeros(3)
+    assert d_nonsaturating_loss(zero, zero).item() == pytest.approx(2 * math.log(2))
+    assert d_nonsaturating_loss(torch.full((3,), 10.0), torch.full((3,), -10.0)).item() < 1e-3
+    # the generator's loss falls as D believes its samples
+    assert g_nonsaturating_loss(torch.tensor([2.0])) < g_nonsaturating_loss(torch.tensor([-2.0]))
+    assert set(GAN_LOSSES) == {"hinge", "nonsaturating"}
+
+
+def test_r1_penalty() -> None:
+    x = torch.rand(2, 3, 32, 32).requires_grad_(True)
+    bias = nn.Parameter(torch.tensor(0.3))
+    assert r1_penalty(bias.expand(2), x).item() == 0.0  # constant D
+    assert r1_penalty(torch.zeros(2), x).item() == 0.0  # D without parameters
+
+    w = torch.randn(3, 32, 32)
+    linear = (x * w).flatten(1).sum(1)  # grad_x = w for every sample
+    assert r1_penalty(linear, x).item() == pytest.approx(w.square().sum().item(), rel=1e-5)
+
+    with pytest.raises(ValueError, match="requires_grad"):
+        r1_penalty(linear, x.detach())
+
+    disc = tiny_gan().discriminator
+    real = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    penalty = r1_penalty(disc(real), real)
+    assert penalty.item() > 0
+    penalty.backward()  # differentiable, so it can regularise D
+    assert disc.blocks[0].conv1.parametrizations.weight.original.grad.abs().sum() > 0
+
+
+def test_gradients_reach_every_parameter() -> None:
+    gan = tiny_gan(num_classes=3)
+    y = torch.tensor([0, 1, 2, 0])  # every class, so every embedding row gets a gradient
+    real = torch.rand(4, 3, 32, 32) * 2 - 1
+    fake = gan.generator(torch.randn(4, 16), y)
+    # non-saturating, because hinge has zero gradient wherever D is already confident
+    d_nonsaturating_loss(gan.discriminator(real, y), gan.discriminator(fake, y)).backward()
+    for name, p in gan.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_discriminator_is_spectrally_normalised() -> None:
+    disc = tiny_gan().discriminator
+    x = torch.rand(2, 3, 32, 32)
+    for _ in range(30):  # each training-mode forward runs one power iteration
+        disc(x)
+    weight = disc.blocks[1].conv1.weight.detach()
+    assert torch.linalg.matrix_norm(weight.flatten(1), ord=2).item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_discriminator_learns_to_separate() -> None:
+    disc = tiny_gan().discriminator
+    torch.manual_seed(1)
+    real = torch.nn.functional.interpolate(torch.rand(4, 3, 4, 4) * 2 - 1, size=32)
+    fake = torch.rand(4, 3, 32, 32) * 2 - 1
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-3, betas=(0.0, 0.99))
+    losses = []
+    for _ in range(20):
+        loss = d_hinge_loss(disc(real), disc(fake))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_channels_last_and_bf16_autocast() -> None:
+    gan = tiny_gan(num_classes=2).to(memory_format=torch.channels_last)
+    y = torch.tensor([0, 1])
+    real = (torch.rand(2, 3, 32, 32) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    real.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fake = gan.generator(torch.randn(2, 16), y)
+        real_logits = gan.discriminator(real, y)
+        loss = d_hinge_loss(real_logits, gan.discriminator(fake, y)) + r1_penalty(real_logits, real)
+    assert math.isfinite(loss.item())
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in gan.parameters() if p.grad is not None)
+
+
+def test_config_json_round_trip_and_validation() -> None:
+    cfg = GANConfig(image_size=128, width=64, num_classes=5)
+    assert cfg.channel_mults == (1, 2, 4, 8, 8)
+    assert GANConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(FundusError, match="unknown GANConfig key.*beta1.*valid keys"):
+        GANConfig.from_dict({"image_size": 64, "beta1": 0.0})
+    with pytest.raises(FundusError, match="num_classes"):
+        GANConfig(num_classes=-1)
+
+
+def test_registry_rejects_unknown_names_listing_valid_ones() -> None:
+    with pytest.raises(FundusError, match="'stylegan'.*gan, vae"):
+        build_model("stylegan")

@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from fundus_cli.errors import FundusError
+from fundus_cli.models import VAE, VAEConfig, build_model, set_fov_mask
+from fundus_cli.models.vae import (
+    beta_schedule,
+    kl_divergence,
+    reconstruction_loss,
+    ssim,
+)
+
+TINY = {"width": 8, "latent_dim": 16, "class_embed_dim": 8}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # tiny tensors: thread start-up and contention with other jobs cost more than they save
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_vae(image_size: int = 32, num_classes: int = 0) -> VAE:
+    torch.manual_seed(0)
+    return build_model("vae", {"image_size": image_size, "num_classes": num_classes, **TINY})
+
+
+def disc_mask(size: int) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    c = (size - 1) / 2
+    return (((yy - c) ** 2 + (xx - c) ** 2) <= (0.45 * size) ** 2).float()
+
+
+@pytest.mark.parametrize("image_size", [32, 64])
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_shapes_train_and_batch1_eval(image_size: int, num_classes: int) -> None:
+    vae = tiny_vae(image_size, num_classes)
+    x = torch.rand(2, 3, image_size, image_size) * 2 - 1
+    y = torch.tensor([0, 2]) if num_classes else None
+    x_hat, mu, logvar = vae(x, y)
+    assert x_hat.shape == x.shape
+    assert mu.shape == logvar.shape == (2, 16)
+    assert x_hat.min() >= -1 and x_hat.max() <= 1
+
+    vae.eval()
+    with torch.no_grad():
+        y1 = y[:1] if y is not None else None
+        z = torch.randn(1, 16)
+        sample = vae.decode(z, y1)
+        assert sample.shape == (1, 3, image_size, image_size)
+        # eval mode reconstructs from mu: deterministic
+        assert torch.equal(vae(x[:1], y1)[0], vae(x[:1], y1)[0])
+
+
+def test_labels_required_exactly_when_conditional() -> None:
+    x = torch.zeros(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="conditional"):
+        tiny_vae(num_classes=3)(x)
+    with pytest.raises(ValueError, match="unconditional"):
+        tiny_vae()(x, torch.tensor([0, 1]))
+
+
+def test_conditional_decoder_uses_the_label() -> None:
+    vae = tiny_vae(num_classes=3).eval()
+    z = torch.randn(1, 16)
+    with torch.no_grad():
+        a, b = vae.decode(z, torch.tensor([0])), vae.decode(z, torch.tensor([1]))
+    assert not torch.allclose(a, b)
+
+
+def test_fov_mask_paints_outside_black_and_is_saved() -> None:
+    vae = tiny_vae()
+    mask = disc_mask(32)
+    set_fov_mask(vae, mask)
+    out = vae.decode(torch.randn(3, 16))
+    outside = (mask == 0).expand_as(out)
+    assert torch.all(out[outside] == -1.0)
+    assert (out[~outside] != -1.0).all()
+
+    # the mask travels in the state_dict and loads strictly into a fresh model
+    fresh = VAE(VAEConfig.from_dict(vae.config.to_dict()))
+    fresh.load_state_dict(vae.state_dict())
+    assert torch.equal(fresh.fov_mask[0, 0], mask)
+
+
+def test_set_fov_mask_rejects_wrong_size_and_range() -> None:
+    vae = tiny_vae()
+    with pytest.raises(FundusError, match="64x64.*32x32"):
+        set_fov_mask(vae, disc_mask(64))
+    with pytest.raises(FundusError, match=r"\[0, 1\]"):
+        set_fov_mask(vae, disc_mask(32) * 2)
+
+
+def test_kl_divergence() -> None:
+    zeros = torch.zeros(4, 16)
+    assert kl_divergence(zeros, zeros).item() == 0.0
+    # one unit of mean in one dim costs 0.5 nats
+    mu = zeros.clone()
+    mu[:, 0] = 1.0
+    assert kl_divergence(mu, zeros).item() == pytest.approx(0.5)
+    assert kl_divergence(zeros, torch.full((4, 16), 0.5)).item() > 0
+
+
+def test_ssim_is_one_for_identical_images_and_drops_with_noise() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.allclose(ssim(x, x), torch.ones(2), atol=1e-6)
+    noisy = (x + 0.3 * torch.randn_like(x)).clamp(-1, 1)
+    s = ssim(noisy, x)
+    assert s.shape == (2,) and (s < 0.9).all()
+
+
+def test_reconstruction_loss() -> None:
+    x = torch.zeros(2, 3, 32, 32)
+    assert reconstruction_loss(x, x, ssim_weight=0.5).item() == pytest.approx(0.0, abs=1e-4)
+    off = x + 0.5
+    n = 3 * 32 * 32  # summed over pixels
+    assert reconstruction_loss(off, x, kind="l1").item() == pytest.approx(0.5 * n)
+    assert reconstruction_loss(off, x, kind="l2").item() == pytest.approx(0.25 * n)
+    with pytest.raises(ValueError):
+        reconstruction_loss(off, x, kind="l3")
+
+
+def test_beta_schedule_warms_up_linearly() -> None:
+    assert beta_schedule(0, beta=4.0, warmup_steps=100) == 0.0
+    assert beta_schedule(50, beta=4.0, warmup_steps=100) == 2.0
+    assert beta_schedule(1000, beta=4.0, warmup_steps=100) == 4.0
+    assert beta_schedule(0, beta=4.0) == 4.0
+
+
+def test_gradients_reach_every_parameter() -> None:
+    vae = tiny_vae(num_classes=3)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    y = torch.tensor([0, 1, 2, 0])  # every class, so every embedding row gets a gradient
+    x_hat, mu, logvar = vae(x, y)
+    (reconstruction_loss(x_hat, x, ssim_weight=0.2) + kl_divergence(mu, logvar)).backward()
+    for name, p in vae.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_overfits_four_images() -> None:
+    vae = tiny_vae()
+    torch.manual_seed(1)
+    # smooth images, which a tiny decoder can actually fit
+    x = torch.nn.functional.interpolate(torch.rand(4, 3, 4, 4) * 2 - 1, size=32, mode="bilinear")
+    opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
+    losses = []
+    for step in range(30):
+        x_hat, mu, logvar = vae(x)
+        rec = reconstruction_loss(x_hat, x)
+        loss = rec + beta_schedule(step, beta=0.1, warmup_steps=30) * kl_divergence(mu, logvar)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(rec.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_channels_last_and_bf16_autocast() -> None:
+    vae = tiny_vae().to(memory_format=torch.channels_last)
+    x = (torch.rand(2, 3, 32, 32) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x_hat, mu, logvar = vae(x)
+        loss = reconstruction_loss(x_hat, x, ssim_weight=0.5) + kl_divergence(mu, logvar)
+    assert x_hat.shape == x.shape and math.isfinite(loss.item())
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in vae.parameters())
+
+
+def test_config_json_round_trip_and_validation() -> None:
+    cfg = VAEConfig(image_size=64, width=16, num_classes=5)
+    assert cfg.channel_mults == (1, 2, 4, 8)  # resolved, so config.json records it
+    again = VAEConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    with pytest.raises(FundusError, match="unknown VAEConfig key.*depth.*valid keys.*image_size"):
+        VAEConfig.from_dict({"depth": 3})
+    with pytest.raises(FundusError, match="image_size"):
+        VAEConfig(image_size=48)
+    with pytest.raises(FundusError, match="channel_mults needs 4"):
+        VAEConfig(image_size=64, channel_mults=(1, 2))
+    with pytest.raises(FundusError, match="width"):
+        VAEConfig.from_dict({"width": "wide"})
+
+
+def test_registry_rejects_unknown_names_listing_valid_ones() -> None:
+    with pytest.raises(FundusError, match="'diffusion'.*gan, vae"):
+        build_model("diffusion", {})
