@@ -15,10 +15,11 @@ import numpy as np
 
 from fundus_cli.data.ingest import IngestConfig, IngestResult
 from fundus_cli.errors import FundusError
+from fundus_cli.sampling import SampleConfig, SampleResult
 from fundus_cli.training.loop import TrainConfig, TrainResult
 
-__all__ = ["IngestConfig", "IngestResult", "TrainConfig", "TrainResult", "describe", "ingest", "phantoms",
-           "train", "train_plan"]
+__all__ = ["IngestConfig", "IngestResult", "SampleConfig", "SampleResult", "TrainConfig", "TrainResult", "describe",
+           "ingest", "phantoms", "sample", "train", "train_plan"]
 
 
 def ingest(config: IngestConfig) -> IngestResult:
@@ -49,6 +50,13 @@ def train_plan(config: TrainConfig) -> dict[str, Any]:
     return {"train_config": config_to_json(cfg), "model_config": model_config(cfg, len(info.class_names)),
             "device": str(device), "dataset": {"path": str(config.data), "images": info.count,
                                                "fingerprint": info.fingerprint}}
+
+
+def sample(config: SampleConfig) -> SampleResult:
+    """Generate synthetic images from a checkpoint into a dataset file of the ingest schema."""
+    from fundus_cli.sampling import sample as run
+
+    return run(config)
 
 
 def phantoms(out_dir: Path, *, n: int = 200, seed: int = 0, overwrite: bool = False) -> Any:

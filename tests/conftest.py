@@ -59,3 +59,20 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Checkpoints of a conditional GAN and an unconditional VAE trained for 3 steps at 32 px."""
+    import torch
+
+    from fundus_cli.training.loop import TrainConfig, train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for arch, conditional in (("gan", True), ("vae", False)):
+        r = train(TrainConfig(data=tiny_data / "train.h5", arch=arch, out=root / arch, size=32, batch=4, width=8,
+                              latent_dim=16, steps=3, device="cpu", conditional=conditional))
+        out[arch] = r.checkpoint
+    return out

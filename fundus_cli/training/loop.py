@@ -38,7 +38,7 @@ AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 
 # Settings per preset; "steps_cpu"/"steps_gpu" make the default run length suit the device.
 _PRESET_VALUES: dict[str, dict[str, Any]] = {
-    "demo": {"size": 64, "batch": 32, "width": 32, "latent_dim": 128,
+    "demo": {"size": 64, "batch": 32, "width": 16, "latent_dim": 128,
              "steps_cpu": {"vae": 600, "gan": 900}, "steps_gpu": {"vae": 3000, "gan": 5000}},
     "default": {"size": 64, "size_gpu": 128, "batch": 32, "width": 32, "width_gpu": 64, "latent_dim": 128,
                 "steps_cpu": {"vae": 4000, "gan": 6000}, "steps_gpu": {"vae": 30000, "gan": 50000}},
@@ -326,6 +326,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, log: Cal
             })
             _truncate_metrics(run_dir / "metrics.jsonl", start)
         labels = source.labels if cfg.conditional else None
+        # Kept so that `sample --class-balance training` can match the training data's shares.
+        class_counts = [int((source.labels == c).sum()) for c in range(n_classes)]
         # Fixed latents for the sample grids: the same picture positions across the run.
         grid_gen = torch.Generator().manual_seed(cfg.seed + 9973)
         grid_z = torch.randn(64, trainer.latent_dim, generator=grid_gen).to(device)
@@ -335,7 +337,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, log: Cal
             rng = _gather_rng(gen, d)
             return {"arch": cfg.arch, "model_config": mconf, "train_config": config_to_json(cfg), "step": step,
                     "rng": rng, "dataset_fingerprint": info.fingerprint, "dataset_path": str(cfg.data),
-                    "class_names": list(info.class_names), "image_size": cfg.size, **trainer.state()}
+                    "class_names": list(info.class_names), "image_size": cfg.size, "class_counts": class_counts,
+                    **trainer.state()}
 
         steps_left = range(start, cfg.steps)
         batches = prefetch(source, (batch_indices(s, n=source.n, batch=cfg.batch, seed=cfg.seed, rank=d.rank,
