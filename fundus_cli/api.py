@@ -79,6 +79,8 @@ def describe(path: Path, *, verify: bool = False) -> dict[str, Any]:
 
     if path.is_file() and h5.is_dataset_file(path):
         return _describe_dataset(path, verify=verify)
+    if path.suffix == ".pt" or (path.is_dir() and (path / "checkpoint.pt").exists()):
+        return _describe_checkpoint(path)
     if path.suffix == ".json":
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
@@ -87,7 +89,22 @@ def describe(path: Path, *, verify: bool = False) -> dict[str, Any]:
         if isinstance(obj, dict) and str(obj.get("format", "")).startswith("fundus-cli"):
             return {"path": str(path), "type": obj["format"], "fundus_cli_version": obj.get("fundus_cli_version"),
                     "summary": {k: v for k, v in obj.items() if k in ("counts", "decision", "fingerprints")}}
-    raise FundusError(f"{path}: not a file that fundus-cli knows (an .h5 dataset or a fundus-cli .json report).")
+    raise FundusError(f"{path}: not a file that fundus-cli knows (an .h5 dataset, a .pt checkpoint or a fundus-cli .json report).")
+
+
+def _describe_checkpoint(path: Path) -> dict[str, Any]:
+    from fundus_cli.fsio import sha256_file
+    from fundus_cli.training.checkpoint import LATEST, load_checkpoint
+
+    ck = load_checkpoint(path)
+    file = path / LATEST if path.is_dir() else path
+    return {"path": str(file), "type": "checkpoint", "arch": ck["arch"], "step": int(ck["step"]),
+            "steps": ck["train_config"].get("steps"), "image_size": ck["image_size"],
+            "class_names": list(ck["class_names"]), "conditional": bool(ck["model_config"].get("num_classes")),
+            "model_config": ck["model_config"], "dataset_fingerprint": ck["dataset_fingerprint"],
+            "dataset_path": ck.get("dataset_path"), "fingerprint": sha256_file(file),
+            "fundus_cli_version": ck["fundus_cli_version"], "format_version": ck["format_version"],
+            "train_config": ck["train_config"]}
 
 
 def _describe_dataset(path: Path, *, verify: bool) -> dict[str, Any]:

@@ -298,9 +298,9 @@ def sample_cmd(
                   "class_counts": r.class_counts}, as_json)
 
 
-@command("info", "Describe a dataset or report file.  e.g. fundus info data/train.h5")
+@command("info", "Describe a dataset, checkpoint or report.  e.g. fundus info data/train.h5")
 def info_cmd(
-    path: Annotated[Path, typer.Argument(help="A fundus-cli file (.h5 dataset or .json report).")],
+    path: Annotated[Path, typer.Argument(help="A fundus-cli file (.h5 dataset, .pt checkpoint or run folder, .json report).")],
     verify: Annotated[bool, typer.Option("--verify", help="Recompute the content fingerprint.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
@@ -317,7 +317,7 @@ def info_cmd(
     table.add_column(style="bold")
     table.add_column()
     for key, value in d.items():
-        if key == "options":
+        if key in ("options", "train_config"):
             continue
         text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
         table.add_row(key, text)
