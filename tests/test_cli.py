@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,32 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path: Path) -> None:
 def test_python_dash_m_runs_the_app() -> None:
     out = subprocess.run([sys.executable, "-m", "fundus_cli", "--version"], capture_output=True, text=True, check=True)
     assert __version__ in out.stdout
+
+
+def test_train_and_sample_commands_chain(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fundus train --arch gan` then `fundus sample` with project-layout defaults."""
+    monkeypatch.chdir(tmp_path)
+    Path("data").mkdir()
+    shutil.copy(tiny_data / "train.h5", "data/train.h5")
+    small = ["--size", "32", "--width", "8", "--batch", "4", "--steps", "3", "--device", "cpu"]
+    r = runner.invoke(app, ["train", "--arch", "gan", "--dry-run", *small])
+    assert r.exit_code == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["train_config"]["out"] == "runs/gan" and plan["train_config"]["steps"] == 3
+    assert not Path("runs").exists()  # a dry run writes nothing
+    r = runner.invoke(app, ["train", "--arch", "gan", "--conditional", *small])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.strip() == "runs/gan/checkpoint.pt"
+    r = runner.invoke(app, ["train", "--arch", "gan", *small])
+    assert r.exit_code == 2 and "--resume" in r.stderr
+    r = runner.invoke(app, ["train", "--arch", "gan", "--resume", *small[:-4], "--steps", "5", "--device", "cpu"])
+    assert r.exit_code == 0, r.stderr
+    r = runner.invoke(app, ["info", "runs/gan", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["step"] == 5
+    r = runner.invoke(app, ["sample", "--n", "5", "--label", "amd", "--grid", "grid.png"])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.strip() == "data/synthetic.h5" and "runs/gan/checkpoint.pt" in r.stderr
+    with h5.open_dataset(Path("data/synthetic.h5")) as d:
+        assert len(d) == 5 and set(d.labels().tolist()) == {0} and d.info.provenance["step"] == 5
+    r = runner.invoke(app, ["sample", "--n", "5", "--label", "cataract", "--force"])
+    assert r.exit_code == 2 and "valid: 0=amd" in r.stderr

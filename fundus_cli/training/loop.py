@@ -57,6 +57,7 @@ class TrainConfig:
     steps: int | None = None  # optimisation steps (default: by preset and device)
     epochs: float | None = None  # alternative to steps: passes over the data
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall-clock time
+    max_cpu_minutes: float | None = None  # ... or after this much process CPU time / torch threads
     batch: int | None = None  # images per step (per process under torchrun)
     lr: float | None = None  # learning rate (GAN: generator and discriminator)
     width: int | None = None  # network width at full resolution
@@ -344,6 +345,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, log: Cal
         batches = prefetch(source, (batch_indices(s, n=source.n, batch=cfg.batch, seed=cfg.seed, rank=d.rank,
                                                   world=d.world) for s in steps_left))
         t_start = time.perf_counter()
+        # CPU time divided by threads: "minutes of this machine" even when other work shares it,
+        # which makes equal-budget comparisons fair (benchmarks/quality.py).
+        cpu_start = time.process_time()
         window: list[tuple[float, int]] = []
         metrics: dict[str, float] = {}
         step = start
@@ -380,7 +384,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, log: Cal
                         advance(0, **{k: v for k, v in m.items() if k in ("loss", "d_loss", "g_loss")},
                                 img_s=imgs / secs if secs > 0 else 0.0)
                     advance(1)
-                    out_of_time = cfg.max_minutes is not None and time.perf_counter() - t_start > 60 * cfg.max_minutes
+                    out_of_time = (cfg.max_minutes is not None and time.perf_counter() - t_start > 60 * cfg.max_minutes) or (
+                        cfg.max_cpu_minutes is not None
+                        and (time.process_time() - cpu_start) / torch.get_num_threads() > 60 * cfg.max_cpu_minutes)
                     stopping = distributed.any_rank(stop.set or out_of_time, d, device)
                     if d.main and (done % cfg.sample_every == 0 or done == cfg.steps or stopping):
                         grid_path = run_dir / f"samples-{done:08d}.png"
