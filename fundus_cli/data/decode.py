@@ -6,6 +6,7 @@ the DCT blocks down by 8 during decoding; for a 256 px dataset the full decode i
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ class Decoded:
     image: np.ndarray  # RGB uint8 (h, w, 3)
     scale: float  # decoded pixels per original pixel (1/8 .. 1)
     original_size: tuple[int, int]  # (width, height) of the file's full image
+    sha256: str = ""  # of the file's bytes: exact duplicates share it
     notes: list[str] = field(default_factory=list)  # conversions applied, for the report
 
 
@@ -123,6 +125,7 @@ def decode_image(path: Path, *, target: int, reduced: bool = True) -> Decoded:
         raise DecodeError("empty file (0 bytes)")
     buf = np.frombuffer(data, dtype=np.uint8)
     notes: list[str] = []
+    digest = hashlib.sha256(data).hexdigest()
 
     size = jpeg_size(data)
     if size is not None:
@@ -135,7 +138,7 @@ def decode_image(path: Path, *, target: int, reduced: bool = True) -> Decoded:
         if image is None:
             raise DecodeError("corrupt JPEG: OpenCV could not decode it")
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        return Decoded(image=rgb, scale=image.shape[1] / size[0], original_size=size, notes=notes)
+        return Decoded(image=rgb, scale=image.shape[1] / size[0], original_size=size, sha256=digest, notes=notes)
 
     image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if image is None:
@@ -144,4 +147,4 @@ def decode_image(path: Path, *, target: int, reduced: bool = True) -> Decoded:
         raise DecodeError(f"unsupported number of channels ({image.shape[2]})")
     h, w = image.shape[:2]
     rgb = _to_rgb(_to_uint8(image, notes), notes)
-    return Decoded(image=rgb, scale=1.0, original_size=(w, h), notes=notes)
+    return Decoded(image=rgb, scale=1.0, original_size=(w, h), sha256=digest, notes=notes)

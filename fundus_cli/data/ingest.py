@@ -126,16 +126,12 @@ def process_file(task: tuple[str, str, int, bool]) -> dict[str, Any]:
             "rel": rel, "ok": True, "stat": stat_key, "notes": notes,
             "image": crop, "mask": mask.astype(np.uint8),
             "circle": (float(out_circle.cx), float(out_circle.cy), float(out_circle.r)),
-            "quality": quality, "phash": phash(crop), "sha256": _sha256(Path(abs_path)),
+            "quality": quality, "phash": phash(crop), "sha256": decoded.sha256,
         }
     except DecodeError as e:
         return {"rel": rel, "ok": False, "stat": stat_key, "reason": str(e)}
     except Exception as e:  # a decoder crash on one odd file must not stop ten thousand others
         return {"rel": rel, "ok": False, "stat": stat_key, "reason": f"unreadable ({type(e).__name__}: {e})"}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _stat_key(path: Path) -> list[int]:
