@@ -1,0 +1,260 @@
+"""`fundus evaluate`: is the synthetic data realistic, and is it useful?
+
+Realism: features of the real holdout, the synthetic set and (as the baseline a perfect
+generator would reach) the real training set, all inside one common field-of-view mask and
+at one image size; FID, KID and PRDC with bootstrap CIs for synthetic-vs-holdout and for
+train-vs-holdout at the same sample size; the same per class when labelled; fundus
+statistics (colour, vessels, sharpness, optic disc) and their distances.
+
+Usefulness (labels on all three sets): the small-CNN recipe of `metrics.usefulness`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fundus_cli import __version__
+from fundus_cli.data import h5
+from fundus_cli.data.dataset import resize_batch
+from fundus_cli.errors import FundusError
+from fundus_cli.fsio import write_json_atomic
+from fundus_cli.metrics.bootstrap import bootstrap_cis, cis_overlap
+from fundus_cli.metrics.features import RandomCNN
+from fundus_cli.metrics.fundus_stats import SCALAR_STATS, fundus_stats, stat_distances
+from fundus_cli.metrics.registry import resolve_metrics
+from fundus_cli.progress import track
+
+FEATURES = ("random",)
+# Lower is better for these; higher for the rest (precision, recall, density, coverage).
+LOWER_IS_BETTER = {"fid", "kid"}
+MIN_PER_CLASS = 10
+BOUNDS = {"fid": (0.0, np.inf), "precision": (0.0, 1.0), "recall": (0.0, 1.0), "coverage": (0.0, 1.0),
+          "density": (0.0, np.inf)}  # fewer images of a class than this: no per-class realism numbers
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    real: Path = Path("data/holdout.h5")  # real images the generator never saw
+    synthetic: Path = Path("data/synthetic.h5")  # from `fundus sample`
+    train: Path | None = Path("data/train.h5")  # real training images: the real-vs-real baseline
+    out: Path = Path("reports/evaluate")  # report folder
+    features: str = "random"  # feature network (random: fixed random CNN, offline)
+    metrics: str = "fid,kid,prdc"  # realism metrics
+    size: int | None = None  # compare at this size (default: the smallest of the inputs)
+    n_boot: int = 100  # bootstrap replicates for the CIs
+    seed: int = 0
+    usefulness: bool = True  # train-on-synthetic/test-on-real classifiers when labels exist
+    usefulness_steps: int = 300  # classifier training steps per scenario
+    force: bool = False  # overwrite an existing report
+
+
+@dataclass
+class EvaluateResult:
+    out: Path
+    report: Path
+    realism: dict[str, dict[str, Any]]
+    usefulness: dict[str, Any] | None
+    notes: list[str] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class _Set:
+    name: str
+    path: Path
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    fingerprint: str
+    masks: np.ndarray
+
+
+def _load(name: str, path: Path, size: int | None, notes: list[str]) -> _Set:
+    with h5.open_dataset(path) as r:
+        info = r.info
+        if info.count == 0:
+            raise FundusError(f"{path}: holds no images; evaluate needs images on every side.")
+        images, masks = r.images(), r.fov_masks()
+        labels = r.labels()
+    if size is not None and size != info.image_size:
+        notes.append(f"{name}: {path} resized from {info.image_size} to {size} px for the comparison")
+        images = resize_batch(images, size)
+        masks = resize_batch(np.repeat(masks[..., None].astype(np.uint8) * 255, 3, axis=3), size)[..., 0] > 127
+    return _Set(name, path, images, labels, info.class_names, info.fingerprint, masks)
+
+
+def _sizes(cfg: EvaluateConfig) -> dict[str, int]:
+    out = {}
+    for p in (cfg.real, cfg.synthetic, cfg.train):
+        if p is not None:
+            with h5.open_dataset(p) as r:
+                out[str(p)] = r.info.image_size
+    return out
+
+
+def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
+    if cfg.features not in FEATURES:
+        raise FundusError(f"--features {cfg.features!r}: this version offers {', '.join(FEATURES)} "
+                          "(a fixed random CNN that needs no download).")
+    metrics = resolve_metrics(cfg.metrics)
+    out = Path(cfg.out)
+    report_path = out / "report.json"
+    if report_path.exists() and not cfg.force:
+        raise FundusError(f"{report_path} already exists. Use --force to overwrite it, or --out for another folder.")
+    train_path = cfg.train if cfg.train is not None and Path(cfg.train).exists() else None
+    notes: list[str] = []
+    if cfg.train is not None and train_path is None:
+        notes.append(f"no {cfg.train}: no real-vs-real baseline and no usefulness test")
+    sizes = _sizes(EvaluateConfig(real=cfg.real, synthetic=cfg.synthetic, train=train_path))
+    size = cfg.size or min(sizes.values())
+    if len(set(sizes.values())) > 1 and cfg.size is None:
+        notes.append(f"inputs differ in size ({', '.join(f'{p}: {s} px' for p, s in sizes.items())}); "
+                     f"all compared at {size} px (--size to choose)")
+    real = _load("real", cfg.real, size, notes)
+    synth = _load("synthetic", cfg.synthetic, size, notes)
+    train = _load("train", train_path, size, notes) if train_path is not None else None
+    # One mask for every image: the disc that most real holdout images cover. Differences
+    # in the surround (black in both) must not count, nor must a cut-off disc.
+    mask = (real.masks.mean(0) > 0.5) & (synth.masks.mean(0) > 0.5)
+    if train is not None and real.class_names != train.class_names:
+        raise FundusError(f"{cfg.real} and {train_path} have different classes ({list(real.class_names)} vs "
+                          f"{list(train.class_names)}); they must come from one ingest.")
+
+    extractor = RandomCNN()
+    with track("features", 3 if train is not None else 2, unit="set") as advance:
+        feats = {}
+        for s in (real, synth, train):
+            if s is None:
+                continue
+            feats[s.name] = np.concatenate([extractor(s.images[i : i + 128], mask)
+                                            for i in range(0, len(s.images), 128)])
+            advance()
+
+    realism = _realism(real, synth, train, feats, metrics, cfg, notes, mask)
+    stats = _fundus_statistics(real, synth, train, mask)
+    useful = None
+    labelled = (len(real.class_names) >= 2 and (real.labels >= 0).all() and (synth.labels >= 0).all()
+                and train is not None and (train.labels >= 0).all())
+    if cfg.usefulness and labelled and synth.class_names == real.class_names:
+        from fundus_cli.metrics.usefulness import Recipe, usefulness
+
+        recipe = Recipe(min_steps=cfg.usefulness_steps, size=min(64, size))
+        useful = usefulness(train.images, train.labels, real.images, real.labels, synth.images, synth.labels,
+                            n_classes=len(real.class_names), seed=cfg.seed, recipe=recipe)
+        useful = {"scenarios": useful, "summary": _usefulness_summary(useful), "recipe": recipe.__dict__}
+    elif cfg.usefulness:
+        why = ("the synthetic set has other classes than the real data" if labelled else
+               "it needs labels on the training, holdout and synthetic sets (a conditional model)")
+        notes.append(f"usefulness test skipped: {why}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    from fundus_cli.report_plots import metric_bars, side_by_side_grids, stat_histograms
+
+    figures = [side_by_side_grids(real, synth, out / "grids.png"),
+               metric_bars(realism["overall"], out / "metrics.png"),
+               stat_histograms(stats["per_image"], out / "fundus-stats.png")]
+    report = {
+        "format": "fundus-cli evaluate report",
+        "fundus_cli_version": __version__,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()} | {"size": size},
+        "inputs": {s.name: {"path": str(s.path), "fingerprint": s.fingerprint, "images": int(len(s.images))}
+                   for s in (real, synth, train) if s is not None},
+        "features": {"name": "random", "fingerprint": extractor.fingerprint, "dim": extractor.dim},
+        "realism": realism,
+        "fundus_statistics": stats["distances"],
+        "usefulness": useful,
+        "notes": notes,
+        "figures": [str(f) for f in figures],
+    }
+    write_json_atomic(report_path, report)
+    return EvaluateResult(out=out, report=report_path, realism=realism, usefulness=useful, notes=notes,
+                          figures=figures)
+
+
+def _subset(n: int, size: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False)) if size < n else np.arange(n)
+
+
+def _compare(metrics: dict, real: np.ndarray, other: np.ndarray, cfg: EvaluateConfig) -> dict[str, dict[str, float]]:
+    from fundus_cli.metrics.registry import compute_metrics
+
+    point = compute_metrics(metrics, real, other, seed=cfg.seed)
+    cis: dict[str, tuple[float, float]] = {}
+    for fn in metrics.values():
+        cis.update(bootstrap_cis(fn, real, other, n_boot=cfg.n_boot, seed=cfg.seed))
+    out = {}
+    for k, v in point.items():
+        lo, hi = cis[k]
+        # The bias-shifted bootstrap interval can step outside a metric's range; clip it there.
+        lo_b, hi_b = BOUNDS.get(k, (-np.inf, np.inf))
+        out[k] = {"value": float(v), "ci_low": float(np.clip(lo, lo_b, hi_b)), "ci_high": float(np.clip(hi, lo_b, hi_b))}
+    return out
+
+
+def _realism(real: _Set, synth: _Set, train: _Set | None, feats: dict[str, np.ndarray], metrics: dict,
+             cfg: EvaluateConfig, notes: list[str], mask: np.ndarray) -> dict[str, Any]:
+    def block(r_idx: np.ndarray, s_idx: np.ndarray, t_idx: np.ndarray | None) -> dict[str, Any]:
+        # The baseline sees as many training images as there are synthetic ones: every metric
+        # here depends on the sample size, so only equal sizes compare.
+        n = len(s_idx) if t_idx is None else min(len(s_idx), len(t_idx))
+        s_sel = s_idx[_subset(len(s_idx), n, cfg.seed)]
+        res: dict[str, Any] = {"n_real": int(len(r_idx)), "n_compared": int(n),
+                               "synthetic": _compare(metrics, feats["real"][r_idx], feats["synthetic"][s_sel], cfg)}
+        if t_idx is not None:
+            t_sel = t_idx[_subset(len(t_idx), n, cfg.seed + 1)]
+            res["baseline_train"] = _compare(metrics, feats["real"][r_idx], feats["train"][t_sel], cfg)
+            res["distinguishable"] = {
+                k: not cis_overlap((v["ci_low"], v["ci_high"]),
+                                   (res["baseline_train"][k]["ci_low"], res["baseline_train"][k]["ci_high"]))
+                for k, v in res["synthetic"].items()}
+        return res
+
+    out: dict[str, Any] = {"overall": block(np.arange(len(real.images)), np.arange(len(synth.images)),
+                                            None if train is None else np.arange(len(train.images)))}
+    small = [k for k, v in out["overall"].get("distinguishable", {}).items() if not v]
+    if small:
+        notes.append(f"sample sizes too small to tell the generator from real data with {', '.join(small)} "
+                     "(CIs overlap the real-vs-real baseline); prefer KID and the usefulness test at small n")
+    if len(real.images) < 100:
+        notes.append(f"only {len(real.images)} real holdout images: FID is biased at this size (it grows as n "
+                     "shrinks); KID is unbiased and the better guide")
+    per_class: dict[str, Any] = {}
+    if real.class_names and synth.class_names == real.class_names:
+        for c, name in enumerate(real.class_names):
+            r_idx, s_idx = np.flatnonzero(real.labels == c), np.flatnonzero(synth.labels == c)
+            t_idx = None if train is None else np.flatnonzero(train.labels == c)
+            if min(len(r_idx), len(s_idx), *([len(t_idx)] if t_idx is not None else [])) < MIN_PER_CLASS:
+                per_class[name] = {"skipped": f"fewer than {MIN_PER_CLASS} images of this class on one side"}
+                continue
+            per_class[name] = block(r_idx, s_idx, t_idx)
+    out["per_class"] = per_class
+    return out
+
+
+def _fundus_statistics(real: _Set, synth: _Set, train: _Set | None, mask: np.ndarray) -> dict[str, Any]:
+    per = {s.name: fundus_stats(s.images, np.broadcast_to(mask, s.images.shape[:3]))
+           for s in (real, synth, train) if s is not None}
+    dist: dict[str, Any] = {"synthetic_vs_real": stat_distances(per["real"], per["synthetic"])}
+    if "train" in per:
+        dist["train_vs_real"] = stat_distances(per["real"], per["train"])
+    dist["means"] = {name: {k: float(np.mean(v[k])) for k in SCALAR_STATS} for name, v in per.items()}
+    return {"per_image": per, "distances": dist}
+
+
+def _usefulness_summary(u: dict[str, Any]) -> dict[str, float]:
+    def v(s: str, m: str) -> float:
+        return float(u[s][m]["value"]) if s in u else float("nan")
+
+    return {"tstr_over_trtr_balanced_accuracy": v("synthetic", "balanced_accuracy") / v("real", "balanced_accuracy"),
+            "augmentation_gain_balanced_accuracy": v("real+synthetic", "balanced_accuracy") - v("real", "balanced_accuracy"),
+            "augmentation_gain_25pct_balanced_accuracy": v("real25+synthetic", "balanced_accuracy")
+            - v("real25", "balanced_accuracy")}
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
