@@ -15,10 +15,11 @@ import numpy as np
 
 from fundus_cli.data.ingest import IngestConfig, IngestResult
 from fundus_cli.errors import FundusError
+from fundus_cli.evaluate import EvaluateConfig, EvaluateResult
 from fundus_cli.sampling import SampleConfig, SampleResult
 from fundus_cli.training.loop import TrainConfig, TrainResult
 
-__all__ = ["IngestConfig", "IngestResult", "SampleConfig", "SampleResult", "TrainConfig", "TrainResult", "describe",
+__all__ = ["EvaluateConfig", "EvaluateResult", "evaluate", "IngestConfig", "IngestResult", "SampleConfig", "SampleResult", "TrainConfig", "TrainResult", "describe",
            "ingest", "phantoms", "sample", "train", "train_plan"]
 
 
@@ -55,6 +56,13 @@ def train_plan(config: TrainConfig) -> dict[str, Any]:
 def sample(config: SampleConfig) -> SampleResult:
     """Generate synthetic images from a checkpoint into a dataset file of the ingest schema."""
     from fundus_cli.sampling import sample as run
+
+    return run(config)
+
+
+def evaluate(config: EvaluateConfig) -> EvaluateResult:
+    """Realism (FID/KID/PRDC with CIs and a real-vs-real baseline, fundus statistics) and usefulness."""
+    from fundus_cli.evaluate import evaluate as run
 
     return run(config)
 

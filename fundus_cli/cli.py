@@ -298,6 +298,59 @@ def sample_cmd(
                   "class_counts": r.class_counts}, as_json)
 
 
+@command("evaluate", "Realism and usefulness -> reports/evaluate/.  e.g. fundus evaluate")
+def evaluate_cmd(
+    real: Annotated[Path, typer.Option(help="Real images never trained on.")] = Path("data/holdout.h5"),
+    synthetic: Annotated[Path, typer.Option(help="Synthetic images from `fundus sample`.")] = Path("data/synthetic.h5"),
+    train: Annotated[Path, typer.Option(help="Real training images (the real-vs-real baseline; usefulness).")] = Path("data/train.h5"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("reports/evaluate"),
+    features: Annotated[str, typer.Option(help="Feature network: random (fixed random CNN, offline).")] = "random",
+    metrics: Annotated[str, typer.Option(help="Comma-separated realism metrics: fid, kid, prdc.")] = "fid,kid,prdc",
+    size: Annotated[Optional[int], typer.Option(help="Compare at this image size (default: the smallest input).")] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap replicates for confidence intervals.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed for subsets and bootstraps.")] = 0,
+    usefulness: Annotated[bool, typer.Option(help="Train-on-synthetic/test-on-real classifiers (needs labels).")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing report.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure synthetic images against real ones: FID, KID, precision/recall/density/coverage with
+    bootstrap CIs beside the real-vs-real baseline, per class; fundus statistics (colour, vessels,
+    sharpness, optic disc); and, with labels, whether a classifier trained on them works on real data.
+
+    Example: fundus evaluate --synthetic data/synthetic.h5 --out reports/evaluate
+    """
+    cfg = api.EvaluateConfig(real=real, synthetic=synthetic, train=train, out=out, features=features,
+                             metrics=metrics, size=size, n_boot=n_boot, seed=seed, usefulness=usefulness,
+                             force=force)
+    r = api.evaluate(cfg)
+    if not _state["quiet"]:
+        for note in r.notes:
+            err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+        o = r.realism["overall"]
+        table = Table(title=f"realism vs {real} (n = {o['n_compared']} per side, 95 % CI)", title_justify="left")
+        for col in ("metric", "synthetic", "real train (baseline)", "told apart?"):
+            table.add_column(col)
+        for k, v in o["synthetic"].items():
+            b = o.get("baseline_train", {}).get(k)
+            table.add_row(k, f"{v['value']:.4g} [{v['ci_low']:.3g}, {v['ci_high']:.3g}]",
+                          f"{b['value']:.4g} [{b['ci_low']:.3g}, {b['ci_high']:.3g}]" if b else "-",
+                          ("yes" if o["distinguishable"][k] else "no") if b else "-")
+        err.print(table)
+        if r.usefulness:
+            t2 = Table(title="usefulness: classifier tested on the real holdout", title_justify="left")
+            for col in ("trained on", "images", "accuracy", "balanced accuracy", "macro AUC"):
+                t2.add_column(col)
+            for name, v in r.usefulness["scenarios"].items():
+                t2.add_row(name, str(v["train_images"]), *(
+                    f"{v[m]['value']:.3f} [{v[m]['ci_low']:.2f}, {v[m]['ci_high']:.2f}]"
+                    for m in ("accuracy", "balanced_accuracy", "macro_auc")))
+            err.print(t2)
+        err.print(f"read  {real}, {synthetic}" + (f", {train}" if train.exists() else ""))
+        err.print(f"wrote {r.report}\n      " + "\n      ".join(str(f) for f in r.figures))
+    _emit(r.report, {"report": r.report, "realism": {k: v["value"] for k, v in r.realism["overall"]["synthetic"].items()},
+                     "usefulness": r.usefulness["summary"] if r.usefulness else None}, as_json)
+
+
 @command("info", "Describe a dataset, checkpoint or report.  e.g. fundus info data/train.h5")
 def info_cmd(
     path: Annotated[Path, typer.Argument(help="A fundus-cli file (.h5 dataset, .pt checkpoint or run folder, .json report).")],
