@@ -34,8 +34,10 @@ def _stable_normal(seed: int, n: int) -> np.ndarray:
 
 
 class RandomCNN:
-    """Conv 3x3 stride 2 + ReLU, four times; features are masked means of every layer's maps
-    (960 dims), so both coarse colour and finer texture count."""
+    """Conv 3x3 stride 2 + ReLU, four times; features are the masked mean and standard
+    deviation of every layer's maps (2 x 960 dims). Means carry colour and layout; the spread
+    of the first layers' responses is what changes when fine texture (vessels, sharpness) is
+    missing, which means alone barely register."""
 
     name = "random"
 
@@ -47,12 +49,20 @@ class RandomCNN:
         for i, c_out in enumerate(RANDOM_CNN_WIDTHS):
             fan_in = c_in * 9
             w = _stable_normal(seed + i, c_out * fan_in).reshape(c_out, c_in, 3, 3) * np.sqrt(2.0 / fan_in)
+            if i == 0:
+                # Random 3x3 filters mostly average their patch, so fine texture (vessels,
+                # sharpness) barely moves the features: a blurred set then scores like a real
+                # one. Half of the first layer is made zero-mean per kernel: pure edge and
+                # texture detectors, next to the colour-carrying other half.
+                half = c_out // 2
+                w[:half] -= w[:half].mean(axis=(2, 3), keepdims=True)
+                w[:half] *= 3.0  # the zero-mean part has less energy; bring it to a similar scale
             h.update(w.astype("<f4").tobytes())  # what the network computes with
             weights.append(torch.from_numpy(w.astype(np.float32)).to(self.device))
             c_in = c_out
         self.weights = weights
         self.fingerprint = h.hexdigest()
-        self.dim = sum(RANDOM_CNN_WIDTHS)
+        self.dim = 2 * sum(RANDOM_CNN_WIDTHS)
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -67,7 +77,9 @@ class RandomCNN:
             m = F.avg_pool2d(m, 2, ceil_mode=True) if m.shape[-1] > 1 else m
             m_b = (m > 0.5).float() if m.shape[-1] > 1 else m
             denom = m_b.sum().clamp_min(1.0)
-            feats.append((x * m_b).sum(dim=(2, 3)) / denom)
+            mean = (x * m_b).sum(dim=(2, 3)) / denom
+            var = ((x - mean[..., None, None]) ** 2 * m_b).sum(dim=(2, 3)) / denom
+            feats += [mean, var.sqrt()]
         return torch.cat(feats, dim=1).double().cpu().numpy()
 
 
