@@ -124,12 +124,14 @@ def main() -> None:
             raw, source = out / "raw", "phantoms"
             write_phantoms(raw, n=160, seed=0, overwrite=True)
         ingest(IngestConfig(raw=raw, out=data, size=64, force=True))
+    else:
+        source = "the photographs already ingested in " + str(data)
     with h5.open_dataset(data / "train.h5") as r:
         train_imgs = r.images()
         mask = r.fov_masks().mean(0) > 0.5
     with h5.open_dataset(data / "holdout.h5") as r:
         hold_imgs = r.images()
-    print(f"{len(train_imgs)} training and {len(hold_imgs)} held-out photographs at 64 px; "
+    print(f"{len(train_imgs)} training and {len(hold_imgs)} held-out photographs ({source}) at 64 px; "
           f"{minutes:g} min for the DCGAN, {ours_minutes:g} min for ours; {torch.get_num_threads()} threads")
 
     t = time.perf_counter()

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -21,14 +20,6 @@ from fundus_cli.models.gan import (
 
 TINY = {"width": 8, "latent_dim": 16}
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # tiny tensors: thread start-up and contention with other jobs cost more than they save
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_gan(image_size: int = 32, num_classes: int = 0) -> GAN:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -8,14 +7,6 @@ import torch
 from fundus_cli.errors import FundusError
 from fundus_cli.training.diffaugment import diff_augment
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # tiny tensors: thread start-up and contention with other jobs cost more than they save
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def seeded(seed: int) -> torch.Generator:
