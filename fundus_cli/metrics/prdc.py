@@ -83,7 +83,7 @@ def _kth_neighbour_sq(x: np.ndarray, x_sq: np.ndarray, *, k: int, block_bytes: i
         # rounding residue of either sign), so that it is always the first of the k + 1.
         d2[np.arange(d2.shape[0]), np.arange(rows.start, rows.stop)] = 0.0
         d2.partition(k, axis=1)  # in place: the block is ours, and a copy would double the memory
-        out[rows] = d2[:, k - 1]
+        out[rows] = d2[:, k]
     return out
 
 
