@@ -31,7 +31,8 @@ from fundus_cli.data.decode import IMAGE_SUFFIXES, DecodeError, decode_image
 from fundus_cli.data.fov import crop_to_fov, detect_fov
 from fundus_cli.data.labels import (class_names_from, compile_patient_regex, lookup_keys, patient_from_name,
                                     read_labels_csv)
-from fundus_cli.data.quality import duplicate_groups, parse_min_quality, phash, quality_failures, quality_measures
+from fundus_cli.data.quality import (DUP_CORRELATION, detail_signature, duplicate_groups, parse_min_quality, phash,
+                                     quality_failures, quality_measures)
 from fundus_cli.data.split import split_holdout, split_units
 from fundus_cli.errors import FundusError
 from fundus_cli.fsio import atomic_path, write_json_atomic
@@ -435,8 +436,28 @@ def ingest(cfg: IngestConfig) -> IngestResult:
         notes.append("patients: unknown, so each image counts as its own patient; give --patient-column or "
                      "--patient-regex (e.g. '(\\d+)_(left|right)') so that both eyes of a patient stay on one side")
 
-    groups = duplicate_groups(np.array([it.phash for it in items], dtype=np.uint64),
-                              max_distance=cfg.dup_threshold, exact_keys=[it.sha256 for it in items])
+    readers: dict[Path, h5.DatasetReader] = {}
+    signatures: dict[int, np.ndarray] = {}
+
+    def signature(i: int) -> np.ndarray:
+        if i not in signatures:
+            it = items[i]
+            if it.shard not in readers:
+                readers[it.shard] = h5.open_dataset(it.shard)
+            signatures[i] = detail_signature(readers[it.shard].images(it.row, it.row + 1)[0])
+        return signatures[i]
+
+    def same_photograph(i: int, j: int) -> bool:
+        return float((signature(i) * signature(j)).mean()) >= DUP_CORRELATION
+
+    try:
+        groups = duplicate_groups(np.array([it.phash for it in items], dtype=np.uint64),
+                                  max_distance=cfg.dup_threshold, exact_keys=[it.sha256 for it in items],
+                                  confirm=same_photograph)
+    except BaseException:
+        for r in readers.values():
+            r.close()
+        raise
     units = split_units([it.patient for it in items], groups)
     labels = np.array([it.label for it in items])
     is_holdout = split_holdout(units, labels, holdout_fraction=cfg.holdout_fraction, seed=cfg.seed)
@@ -460,7 +481,6 @@ def ingest(cfg: IngestConfig) -> IngestResult:
     counts: dict[str, dict[str, int]] = {}
     fingerprints: dict[str, str] = {}
     with track("writing", len(items)) as advance:
-        readers: dict[Path, h5.DatasetReader] = {}
         try:
             for split, path, want in (("train", train_path, False), ("holdout", holdout_path, True)):
                 chosen = [i for i in range(len(items)) if bool(is_holdout[i]) == want]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
@@ -96,12 +98,28 @@ def hamming_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x).astype(np.int16)
 
 
+# Fine-detail correlation above which two hash-alike images count as the same photograph:
+# re-saved, resized, noisy or lightly blurred copies score >= 0.98, while distinct phantoms
+# whose hashes were within 4 bits scored 0.37-0.72 (measured on 200 phantoms).
+DUP_CORRELATION = 0.9
+
+
+def detail_signature(image: np.ndarray) -> np.ndarray:
+    """Standardised high-pass of the grey disc centre at 64 px: vessels and lesions, no lighting."""
+    g = cv2.resize(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32), (64, 64),
+                   interpolation=cv2.INTER_AREA)
+    hp = (g - cv2.GaussianBlur(g, (0, 0), 3))[8:56, 8:56]
+    return (hp - hp.mean()) / (hp.std() + 1e-6)
+
+
 def duplicate_groups(hashes: np.ndarray, *, max_distance: int, exact_keys: list[str] | None = None,
-                     block: int = 1024) -> np.ndarray:
+                     confirm: Callable[[int, int], bool] | None = None, block: int = 1024) -> np.ndarray:
     """Group ids such that images whose hashes differ in <= max_distance bits share a group.
 
     Groups are the connected components (a chain of near duplicates is one group), ids are
     the smallest member index. `exact_keys` (e.g. SHA-256 of the file) also join groups.
+    `confirm(i, j)`, when given, must also accept a hash match: a 64-bit hash of smooth,
+    similar-looking photographs collides too often to decide alone.
     """
     n = len(hashes)
     parent = np.arange(n)
@@ -133,6 +151,6 @@ def duplicate_groups(hashes: np.ndarray, *, max_distance: int, exact_keys: list[
             d = hamming_matrix(h[s : s + block], h[t : t + block])
             ii, jj = np.nonzero(d <= max_distance)
             for i, j in zip(ii + s, jj + t):
-                if i < j:
+                if i < j and (confirm is None or confirm(int(i), int(j))):
                     union(int(i), int(j))
     return np.array([find(i) for i in range(n)], dtype=np.int64)
