@@ -19,7 +19,7 @@ from fundus_cli.evaluate import EvaluateConfig, EvaluateResult
 from fundus_cli.sampling import SampleConfig, SampleResult
 from fundus_cli.training.loop import TrainConfig, TrainResult
 
-__all__ = ["EvaluateConfig", "EvaluateResult", "evaluate", "IngestConfig", "IngestResult", "SampleConfig", "SampleResult", "TrainConfig", "TrainResult", "describe",
+__all__ = ["audit_privacy", "EvaluateConfig", "EvaluateResult", "evaluate", "IngestConfig", "IngestResult", "SampleConfig", "SampleResult", "TrainConfig", "TrainResult", "describe",
            "ingest", "phantoms", "sample", "train", "train_plan"]
 
 
@@ -63,6 +63,13 @@ def sample(config: SampleConfig) -> SampleResult:
 def evaluate(config: EvaluateConfig) -> EvaluateResult:
     """Realism (FID/KID/PRDC with CIs and a real-vs-real baseline, fundus statistics) and usefulness."""
     from fundus_cli.evaluate import evaluate as run
+
+    return run(config)
+
+
+def audit_privacy(config: Any) -> Any:
+    """Nearest-neighbour memorization audit of synthetic images against the training set (AUDIT.md)."""
+    from fundus_cli.audit import audit_privacy as run
 
     return run(config)
 

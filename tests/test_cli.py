@@ -99,3 +99,15 @@ def test_train_and_sample_commands_chain(tiny_data: Path, tmp_path: Path, monkey
         assert len(d) == 5 and set(d.labels().tolist()) == {0} and d.info.provenance["step"] == 5
     r = runner.invoke(app, ["sample", "--n", "5", "--label", "cataract", "--force"])
     assert r.exit_code == 2 and "valid: 0=amd" in r.stderr
+
+
+def test_audit_privacy_command_exit_codes(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain `fundus audit-privacy` in a project folder; no holdout -> INCONCLUSIVE, exit 3."""
+    monkeypatch.chdir(tmp_path)
+    Path("data").mkdir()
+    shutil.copy(tiny_data / "train.h5", "data/train.h5")
+    shutil.copy(tiny_data / "holdout.h5", "data/synthetic.h5")  # stand-in synthetic set (real, unseen)
+    r = runner.invoke(app, ["audit-privacy", "--encoder-steps", "5", "--size", "32"])
+    assert r.exit_code == 3, r.stderr
+    assert "INCONCLUSIVE" in r.stderr and r.stdout.strip() == "reports/audit-privacy/report.json"
+    assert json.loads(Path("reports/audit-privacy/report.json").read_text())["decision"]["status"] == "INCONCLUSIVE"
