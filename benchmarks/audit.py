@@ -101,7 +101,7 @@ def main() -> None:
     p.add_argument("--encoder-steps", type=int, default=400)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--data", default="bench-data/audit", help="where the made-up datasets go")
+    p.add_argument("--data", default="bench-out/audit", help="where the made-up datasets go")
     p.add_argument("--make-only", action="store_true", help="write the datasets and stop")
     p.add_argument("--quick", action="store_true", help="2,000 / 8,000 training vs 500 synthetic, 50 steps")
     p.add_argument("--_case-train", dest="case_train", help=argparse.SUPPRESS)

@@ -53,13 +53,17 @@ def test_bad_generators_score_worse_than_the_real_baseline(data60: Path, tmp_pat
     r = evaluate(EvaluateConfig(real=data60 / "holdout.h5", synthetic=fake, train=data60 / "train.h5",
                                 out=tmp_path / "rep", n_boot=30, usefulness=False))
     o = r.realism["overall"]
-    # ~25 holdout images: KID (unbiased) ranks the bad generator below real data; its CI and
-    # FID are too loose at this size to be asserted on, which is what the report says too.
-    assert o["synthetic"]["kid"]["value"] > o["baseline_train"]["kid"]["value"] + 5e-4
     report = json.loads(r.report.read_text())
     d = report["fundus_statistics"]
-    which = "sharpness" if transform is _blur else "colour_emd"
-    assert d["synthetic_vs_real"][which] > 2 * d["train_vs_real"][which]
+    if transform is _colour_shift:
+        # ~25 holdout images: KID (unbiased) ranks the colour-shifted set far below real data.
+        assert o["synthetic"]["kid"]["value"] > o["baseline_train"]["kid"]["ci_high"]
+        assert d["synthetic_vs_real"]["colour_emd"] > 2 * d["train_vs_real"]["colour_emd"]
+    else:
+        # Blur is what random-CNN features at this sample size do not reliably see (KID of the
+        # blurred set lands within the baseline's CI); the fundus statistics made for it do.
+        for stat in ("sharpness", "vessel_density"):
+            assert d["synthetic_vs_real"][stat] > 2 * d["train_vs_real"][stat], stat
     assert report["inputs"]["synthetic"]["fingerprint"] and report["features"]["fingerprint"]
     for f in r.figures:
         assert f.exists() and f.stat().st_size > 5000
