@@ -9,6 +9,7 @@ groups, splits by patient and streams the images into the two final files.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -437,15 +438,14 @@ def ingest(cfg: IngestConfig) -> IngestResult:
                      "--patient-regex (e.g. '(\\d+)_(left|right)') so that both eyes of a patient stay on one side")
 
     readers: dict[Path, h5.DatasetReader] = {}
-    signatures: dict[int, np.ndarray] = {}
 
+    # Bounded, so that memory stays flat however many hash matches a large dataset has.
+    @functools.lru_cache(maxsize=4096)
     def signature(i: int) -> np.ndarray:
-        if i not in signatures:
-            it = items[i]
-            if it.shard not in readers:
-                readers[it.shard] = h5.open_dataset(it.shard)
-            signatures[i] = detail_signature(readers[it.shard].images(it.row, it.row + 1)[0])
-        return signatures[i]
+        it = items[i]
+        if it.shard not in readers:
+            readers[it.shard] = h5.open_dataset(it.shard)
+        return detail_signature(readers[it.shard].images(it.row, it.row + 1)[0])
 
     def same_photograph(i: int, j: int) -> bool:
         return float((signature(i) * signature(j)).mean()) >= DUP_CORRELATION
