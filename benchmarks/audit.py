@@ -20,39 +20,19 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 from fundus_cli.data import h5  # noqa: E402
 from fundus_cli.data.quality import phash  # noqa: E402
+from fundus_cli.data.phantoms import quick_fundus  # noqa: E402
 
 SIZE = 64
 CHUNK = 1000  # images rendered per seeded chunk: file k's first rows equal a bigger file's
 
 
 def render(n: int, *, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    c = (SIZE - 1) / 2
-    y, x = (np.mgrid[:SIZE, :SIZE] - c) / (SIZE / 2)
-    disc = x * x + y * y <= 1.0
-    out = np.zeros((n, SIZE, SIZE, 3), np.uint8)
-    for i in range(n):
-        red = rng.uniform(0.55, 0.9)
-        colour = np.array([red, red * rng.uniform(0.3, 0.55), red * rng.uniform(0.08, 0.2)])
-        lum = 1 - rng.uniform(0.2, 0.5) * (x * x + y * y)
-        dx, dy = rng.choice([-1, 1]) * rng.uniform(0.45, 0.65), rng.uniform(-0.15, 0.15)
-        lum += 0.5 * np.exp(-((x - dx) ** 2 + (y - dy) ** 2) / 0.02)
-        for _ in range(rng.integers(4, 7)):
-            a = rng.uniform(0, np.pi)
-            u, v = x * np.cos(a) + y * np.sin(a), -x * np.sin(a) + y * np.cos(a)
-            path = rng.uniform(-0.6, 0.6) + rng.uniform(0.1, 0.3) * np.sin(rng.uniform(1, 4) * u + rng.uniform(0, 6))
-            lum -= 0.25 * np.exp(-((v - path) ** 2) / (2 * rng.uniform(0.02, 0.04) ** 2))
-        texture = cv2.resize(rng.standard_normal((8, 8)).astype(np.float32), (SIZE, SIZE),
-                             interpolation=cv2.INTER_CUBIC)
-        lum += 0.06 * texture + 0.02 * rng.standard_normal((SIZE, SIZE))
-        out[i] = (np.clip(lum[..., None] * colour, 0, 1) * disc[..., None] * 255).round()
-    return out
+    return quick_fundus(n, seed=seed, size=SIZE)[0]
 
 
 def make(path: Path, n: int, *, split: str, kind: str, seed: int) -> None:

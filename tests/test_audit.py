@@ -7,7 +7,6 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -15,6 +14,7 @@ from fundus_cli.audit import AuditConfig, audit_privacy
 from fundus_cli.data import h5
 from fundus_cli.data.quality import phash
 from fundus_cli.errors import FundusError
+from fundus_cli.data.phantoms import quick_fundus
 
 # Small and quick: a barely trained encoder still gives exact copies distance 0, and the
 # calibration is valid for any embedding.
@@ -23,31 +23,9 @@ SIZE = 64
 
 
 def fundus_like(n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cheap fundus-like photographs (orange disc, vignette, optic disc, vessels, texture), as in
-    tests/privacy/test_decision.py. (The phantoms of `data.phantoms` are not used: distinct
-    phantoms often share a perceptual hash within 4 bits, so ingest's duplicate groups join
-    patients and its train/holdout split is not exchangeable, which a null test needs.)"""
-    rng = np.random.default_rng(seed)
-    c = (SIZE - 1) / 2
-    y, x = (np.mgrid[:SIZE, :SIZE] - c) / (SIZE / 2)
-    disc = x * x + y * y <= 1.0
-    out = np.zeros((n, SIZE, SIZE, 3), np.uint8)
-    for i in range(n):
-        red = rng.uniform(0.55, 0.9)
-        colour = np.array([red, red * rng.uniform(0.3, 0.55), red * rng.uniform(0.08, 0.2)])
-        lum = 1 - rng.uniform(0.2, 0.5) * (x * x + y * y)
-        dx, dy = rng.choice([-1, 1]) * rng.uniform(0.45, 0.65), rng.uniform(-0.15, 0.15)
-        lum += 0.5 * np.exp(-((x - dx) ** 2 + (y - dy) ** 2) / 0.02)
-        for _ in range(rng.integers(4, 7)):
-            a = rng.uniform(0, np.pi)
-            u, v = x * np.cos(a) + y * np.sin(a), -x * np.sin(a) + y * np.cos(a)
-            path = rng.uniform(-0.6, 0.6) + rng.uniform(0.1, 0.3) * np.sin(rng.uniform(1, 4) * u + rng.uniform(0, 6))
-            lum -= 0.25 * np.exp(-((v - path) ** 2) / (2 * rng.uniform(0.02, 0.04) ** 2))
-        texture = cv2.resize(rng.standard_normal((8, 8)).astype(np.float32), (SIZE, SIZE),
-                             interpolation=cv2.INTER_CUBIC)
-        lum += 0.06 * texture + 0.02 * rng.standard_normal((SIZE, SIZE))
-        out[i] = (np.clip(lum[..., None] * colour, 0, 1) * disc[..., None] * 255).round()
-    return out, np.broadcast_to(disc, (n, SIZE, SIZE)).copy()
+    """Cheap fundus-like photographs (`quick_fundus`), not phantoms: a null test needs a split
+    whose two sides are exchangeable, and these are cheap enough to make hundreds of."""
+    return quick_fundus(n, seed=seed, size=SIZE)
 
 
 def _record(image: np.ndarray, mask: np.ndarray, *, source: str, patient: str, group: int) -> h5.Record:
