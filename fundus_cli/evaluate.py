@@ -11,7 +11,6 @@ Usefulness (labels on all three sets): the small-CNN recipe of `metrics.usefulne
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,7 +253,3 @@ def _usefulness_summary(u: dict[str, Any]) -> dict[str, float]:
             "augmentation_gain_balanced_accuracy": v("real+synthetic", "balanced_accuracy") - v("real", "balanced_accuracy"),
             "augmentation_gain_25pct_balanced_accuracy": v("real25+synthetic", "balanced_accuracy")
             - v("real25", "balanced_accuracy")}
-
-
-def load_report(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
