@@ -5,7 +5,9 @@ transposed convs, hence no checkerboard artefacts) -> BN, ReLU, conv -> tanh, th
 field-of-view mask paints the surround black. Conditional batch norm (per-class gain and
 bias) carries the label.
 
-Discriminator: residual blocks that downsample (average pooling) to 4x4, one more block,
+Discriminator (`discriminator=`): "strided" (the default): spectrally normalised strided
+convolutions to 4x4, flattened, linear logit; it learns fine detail (vessels) much sooner on
+small CPU budgets. "resnet": residual blocks that downsample (average pooling) to 4x4, one more block,
 ReLU, global sum pooling, linear logit; every weight is spectrally normalised and there is
 no normalisation layer (batch statistics would leak between real and fake samples and
 disturb the R1 gradient). The class enters through a projection term <embed(y), h>
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from fundus_cli.errors import FundusError
 from fundus_cli.models import register_model
 from fundus_cli.models.layers import (
     BOTTOM_SIZE,
@@ -47,10 +50,14 @@ class GANConfig:
     channel_mults: tuple[int, ...] = ()  # per level, full res first; () = 1,2,4,8,8,8[:levels]
     latent_dim: int = 128  # size of the Gaussian latent z
     num_classes: int = 0  # 0 = unconditional; else conditional BN in G and projection in D
+    discriminator: str = "strided"  # strided (SN strided convs, fast to learn detail) | resnet
 
     def __post_init__(self) -> None:
         resolve_channel_mults(self)
         check_config(self)
+        if self.discriminator not in DISCRIMINATORS:
+            raise FundusError(f"GANConfig.discriminator must be one of {', '.join(DISCRIMINATORS)}, "
+                              f"got {self.discriminator!r}")
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -197,6 +204,47 @@ class Discriminator(nn.Module):
         return logits
 
 
+class StridedDiscriminator(nn.Module):
+    """Spectrally normalised 4x4 stride-2 convolutions with leaky ReLUs down to 4x4, then a
+    linear logit on the flattened map (the "standard CNN" D of Miyato et al. 2018, without its
+    stride-1 layers).
+
+    Measured on 160 phantoms at 64 px, equal CPU time (300 s, one thread): with this D the
+    generator drew optic discs and vessel arcades after ~1,000 steps, while with the residual D
+    (average pooling) it still drew smooth orange discs; it is also ~1.3x cheaper per step.
+    Every layer downsamples, so each unit sees full-resolution detail (thin vessels) through
+    one strided filter instead of through an average pool. Flattening keeps where things are:
+    the optic disc lies left or right of centre, never in the middle.
+    """
+
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__()
+        self.config = config
+        ch = config.channels
+        outs = ch[1:] + ch[-1:]  # one level wider than the generator at each resolution
+        layers: list[nn.Module] = []
+        in_ch = IMAGE_CHANNELS
+        for out_ch in outs:
+            layers += [spectral_norm(nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        flat = in_ch * BOTTOM_SIZE * BOTTOM_SIZE
+        self.linear = spectral_norm(nn.Linear(flat, 1))
+        self.embed = spectral_norm(nn.Embedding(config.num_classes, flat)) if config.num_classes else None
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Images (B, 3, S, S) -> logits (B,); higher means 'real'."""
+        check_labels(y, self.config.num_classes, x.shape[0])
+        h = self.features(x).flatten(1)
+        logits = self.linear(h).squeeze(1)
+        if self.embed is not None:
+            logits = logits + (self.embed(y) * h).sum(dim=1)
+        return logits
+
+
+DISCRIMINATORS: dict[str, type[nn.Module]] = {"strided": StridedDiscriminator, "resnet": Discriminator}
+
+
 class GAN(nn.Module):
     """Generator and discriminator in one module, so one state_dict, `.to()` and
     `set_fov_mask` cover both. Train them with separate optimizers over
@@ -206,7 +254,7 @@ class GAN(nn.Module):
         super().__init__()
         self.config = config
         self.generator = Generator(config)
-        self.discriminator = Discriminator(config)
+        self.discriminator = DISCRIMINATORS[config.discriminator](config)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         return self.generator(z, y)

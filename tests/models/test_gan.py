@@ -22,15 +22,25 @@ TINY = {"width": 8, "latent_dim": 16}
 
 
 
-def tiny_gan(image_size: int = 32, num_classes: int = 0) -> GAN:
+DISCS = pytest.mark.parametrize("disc_kind", ["strided", "resnet"])
+
+
+def tiny_gan(image_size: int = 32, num_classes: int = 0, disc_kind: str = "strided") -> GAN:
     torch.manual_seed(0)
-    return build_model("gan", {"image_size": image_size, "num_classes": num_classes, **TINY})
+    return build_model("gan", {"image_size": image_size, "num_classes": num_classes,
+                               "discriminator": disc_kind, **TINY})
 
 
+def sn_convs(disc: nn.Module) -> list[nn.Module]:
+    """The spectrally normalised conv layers of a discriminator, input side first."""
+    return [m for m in disc.modules() if isinstance(m, nn.Conv2d) and hasattr(m, "parametrizations")]
+
+
+@DISCS
 @pytest.mark.parametrize("image_size", [32, 64])
 @pytest.mark.parametrize("num_classes", [0, 3])
-def test_shapes_train_and_batch1_eval(image_size: int, num_classes: int) -> None:
-    gan = tiny_gan(image_size, num_classes)
+def test_shapes_train_and_batch1_eval(image_size: int, num_classes: int, disc_kind: str) -> None:
+    gan = tiny_gan(image_size, num_classes, disc_kind)
     y = torch.tensor([0, 2]) if num_classes else None
     fake = gan.generator(torch.randn(2, 16), y)
     assert fake.shape == (2, 3, image_size, image_size)
@@ -45,8 +55,9 @@ def test_shapes_train_and_batch1_eval(image_size: int, num_classes: int) -> None
         assert gan.discriminator(one, y1).shape == (1,)
 
 
-def test_generator_and_projection_discriminator_use_the_label() -> None:
-    gan = tiny_gan(num_classes=3)
+@DISCS
+def test_generator_and_projection_discriminator_use_the_label(disc_kind: str) -> None:
+    gan = tiny_gan(num_classes=3, disc_kind=disc_kind)
     # conditional BN starts as the identity for every class; give the classes their own
     # gains, as training would, to see that the generator routes the label through
     with torch.no_grad():
@@ -106,16 +117,18 @@ def test_r1_penalty() -> None:
     with pytest.raises(ValueError, match="requires_grad"):
         r1_penalty(linear, x.detach())
 
-    disc = tiny_gan().discriminator
-    real = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_(True)
-    penalty = r1_penalty(disc(real), real)
-    assert penalty.item() > 0
-    penalty.backward()  # differentiable, so it can regularise D
-    assert disc.blocks[0].conv1.parametrizations.weight.original.grad.abs().sum() > 0
+    for kind in ("strided", "resnet"):
+        disc = tiny_gan(disc_kind=kind).discriminator
+        real = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_(True)
+        penalty = r1_penalty(disc(real), real)
+        assert penalty.item() > 0
+        penalty.backward()  # differentiable, so it can regularise D
+        assert sn_convs(disc)[0].parametrizations.weight.original.grad.abs().sum() > 0
 
 
-def test_gradients_reach_every_parameter() -> None:
-    gan = tiny_gan(num_classes=3)
+@DISCS
+def test_gradients_reach_every_parameter(disc_kind: str) -> None:
+    gan = tiny_gan(num_classes=3, disc_kind=disc_kind)
     y = torch.tensor([0, 1, 2, 0])  # every class, so every embedding row gets a gradient
     real = torch.rand(4, 3, 32, 32) * 2 - 1
     fake = gan.generator(torch.randn(4, 16), y)
@@ -125,17 +138,20 @@ def test_gradients_reach_every_parameter() -> None:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_discriminator_is_spectrally_normalised() -> None:
-    disc = tiny_gan().discriminator
+@DISCS
+def test_discriminator_is_spectrally_normalised(disc_kind: str) -> None:
+    disc = tiny_gan(disc_kind=disc_kind).discriminator
     x = torch.rand(2, 3, 32, 32)
     for _ in range(30):  # each training-mode forward runs one power iteration
         disc(x)
-    weight = disc.blocks[1].conv1.weight.detach()
+    assert all(hasattr(m, "parametrizations") for m in disc.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    weight = sn_convs(disc)[1].weight.detach()
     assert torch.linalg.matrix_norm(weight.flatten(1), ord=2).item() == pytest.approx(1.0, abs=0.05)
 
 
-def test_discriminator_learns_to_separate() -> None:
-    disc = tiny_gan().discriminator
+@DISCS
+def test_discriminator_learns_to_separate(disc_kind: str) -> None:
+    disc = tiny_gan(disc_kind=disc_kind).discriminator
     torch.manual_seed(1)
     real = torch.nn.functional.interpolate(torch.rand(4, 3, 4, 4) * 2 - 1, size=32)
     fake = torch.rand(4, 3, 32, 32) * 2 - 1
@@ -150,8 +166,9 @@ def test_discriminator_learns_to_separate() -> None:
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_channels_last_and_bf16_autocast() -> None:
-    gan = tiny_gan(num_classes=2).to(memory_format=torch.channels_last)
+@DISCS
+def test_channels_last_and_bf16_autocast(disc_kind: str) -> None:
+    gan = tiny_gan(num_classes=2, disc_kind=disc_kind).to(memory_format=torch.channels_last)
     y = torch.tensor([0, 1])
     real = (torch.rand(2, 3, 32, 32) * 2 - 1).contiguous(memory_format=torch.channels_last)
     real.requires_grad_(True)
@@ -172,6 +189,8 @@ def test_config_json_round_trip_and_validation() -> None:
         GANConfig.from_dict({"image_size": 64, "beta1": 0.0})
     with pytest.raises(FundusError, match="num_classes"):
         GANConfig(num_classes=-1)
+    with pytest.raises(FundusError, match="discriminator must be one of strided, resnet"):
+        GANConfig(discriminator="patch")
 
 
 def test_registry_rejects_unknown_names_listing_valid_ones() -> None:
