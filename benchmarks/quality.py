@@ -141,9 +141,9 @@ def main() -> None:
     res = train(TrainConfig(data=data / "train.h5", arch="gan", out=out / "run-gan", preset="demo", steps=10**6,
                             max_cpu_minutes=ours_minutes, device="cpu", force=True, sample_every=10**9,
                             snapshot_every=10**9))
-    print(f"fundus-cli GAN: {res.step} steps of batch 32 in {time.perf_counter() - t:.0f} s")
-
     ck = load_checkpoint(res.checkpoint)
+    print(f"fundus-cli GAN: {res.step} steps of batch {ck['train_config']['batch']} in "
+          f"{time.perf_counter() - t:.0f} s")
     g_ours = build_model("gan", ck["model_config"]).generator
     g_ours.load_state_dict(ck["ema"]["generator"])
     g_ours.eval()

@@ -20,7 +20,7 @@ from fundus_cli.sampling import SampleConfig, SampleResult
 from fundus_cli.training.loop import TrainConfig, TrainResult
 
 __all__ = ["audit_privacy", "EvaluateConfig", "EvaluateResult", "evaluate", "IngestConfig", "IngestResult", "SampleConfig", "SampleResult", "TrainConfig", "TrainResult", "describe",
-           "ingest", "phantoms", "sample", "train", "train_plan"]
+           "ingest", "phantoms", "sample", "train", "train_plan", "report", "demo"]
 
 
 def ingest(config: IngestConfig) -> IngestResult:
@@ -72,6 +72,20 @@ def audit_privacy(config: Any) -> Any:
     from fundus_cli.audit import audit_privacy as run
 
     return run(config)
+
+
+def report(source: Path, *, out: Path | None = None) -> Any:
+    """One self-contained HTML page (`report.html`) for a project, demo, run or report folder."""
+    from fundus_cli.report_html import write_report
+
+    return write_report(source, out=out)
+
+
+def demo(config: Any, *, log: Callable[[str], None] = lambda s: None) -> Any:
+    """The whole pipeline on built-in phantoms in one folder, ending in its report.html (`fundus demo`)."""
+    from fundus_cli.demo import run_demo
+
+    return run_demo(config, log=log)
 
 
 def phantoms(out_dir: Path, *, n: int = 200, seed: int = 0, overwrite: bool = False) -> Any:

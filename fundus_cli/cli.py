@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fundus_cli import __version__, api, progress
@@ -304,12 +305,18 @@ def evaluate_cmd(
     synthetic: Annotated[Path, typer.Option(help="Synthetic images from `fundus sample`.")] = Path("data/synthetic.h5"),
     train: Annotated[Path, typer.Option(help="Real training images (the real-vs-real baseline; usefulness).")] = Path("data/train.h5"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("reports/evaluate"),
-    features: Annotated[str, typer.Option(help="Feature network: random (fixed random CNN, offline).")] = "random",
+    features: Annotated[str, typer.Option(help="Feature network: random (fixed random CNN, offline), inception (the "
+                                          "standard FID Inception-v3, comparable numbers; needs --weights), classifier "
+                                          "(the usefulness classifier trained on the labelled --train set).")] = "random",
+    weights: Annotated[Optional[Path], typer.Option(help="--features inception: the weights file "
+                                                    "pt_inception-2015-12-05-6726825d.pth (default: "
+                                                    "$FUNDUS_INCEPTION_WEIGHTS).")] = None,
     metrics: Annotated[str, typer.Option(help="Comma-separated realism metrics: fid, kid, prdc.")] = "fid,kid,prdc",
     size: Annotated[Optional[int], typer.Option(help="Compare at this image size (default: the smallest input).")] = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap replicates for confidence intervals.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed for subsets and bootstraps.")] = 0,
     usefulness: Annotated[bool, typer.Option(help="Train-on-synthetic/test-on-real classifiers (needs labels).")] = True,
+    usefulness_steps: Annotated[int, typer.Option(help="Training steps of each usefulness classifier (at least).")] = 300,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing report.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -320,8 +327,8 @@ def evaluate_cmd(
     Example: fundus evaluate --synthetic data/synthetic.h5 --out reports/evaluate
     """
     cfg = api.EvaluateConfig(real=real, synthetic=synthetic, train=train, out=out, features=features,
-                             metrics=metrics, size=size, n_boot=n_boot, seed=seed, usefulness=usefulness,
-                             force=force)
+                             weights=weights, metrics=metrics, size=size, n_boot=n_boot, seed=seed,
+                             usefulness=usefulness, usefulness_steps=usefulness_steps, force=force)
     r = api.evaluate(cfg)
     if not _state["quiet"]:
         for note in r.notes:
@@ -357,7 +364,8 @@ def audit_cmd(
     holdout: Annotated[Path, typer.Option(help="Real images it never saw (calibration).")] = Path("data/holdout.h5"),
     synthetic: Annotated[Path, typer.Option(help="Images to audit.")] = Path("data/synthetic.h5"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("reports/audit-privacy"),
-    embeddings: Annotated[str, typer.Option(help="Comma-separated: pixel, tiled, learned.")] = "pixel,tiled,learned",
+    embeddings: Annotated[str, typer.Option(
+        help="Comma-separated: pixel, tiled, learned, registered.")] = "pixel,tiled,learned,registered",
     size: Annotated[int, typer.Option(help="Working size in pixels.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed (encoder, sampling, bootstrap).")] = 0,
     encoder_steps: Annotated[Optional[int], typer.Option(help="Training steps of the learned embedding.")] = None,
@@ -373,7 +381,8 @@ def audit_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Do the synthetic images copy training images more than chance? Distances to the nearest
-    training image (field-of-view aware, flip invariant; pixel, tiled and learned embeddings) are
+    training image (field-of-view aware, flip invariant; pixel, tiled and learned embeddings, and
+    a shift-registered pixel distance that finds copies moved by up to 1/8 of the image) are
     calibrated on holdout images; ratio, data-copying and membership-inference tests decide.
     Exit codes: 0 PASS or WARN, 1 FAIL, 2 bad input, 3 INCONCLUSIVE (no holdout), so that
     `fundus audit-privacy && publish` gates a release.
@@ -428,6 +437,74 @@ def info_cmd(
         text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
         table.add_row(key, text)
     Console().print(table)
+
+
+@command("report", "Project/demo folder -> one self-contained report.html.  e.g. fundus report . --out report.html")
+def report_cmd(
+    folder: Annotated[Path, typer.Argument(help="A project or demo folder (data/, runs/, reports/), or one of its "
+                                                "data, run or report folders.")] = Path("."),
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file to write (default FOLDER/report.html); "
+                                                "rewritten each time: it is a view of the other files.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Put everything the other commands wrote into one HTML page that opens offline in any browser
+    (images embedded, no scripts): real vs synthetic images per class, the realism table beside the
+    real-vs-real baseline, usefulness, fundus statistics, the privacy verdict with its evidence,
+    training curves and samples, and the provenance of every file. Parts not made yet are named in
+    the page with the command that makes them.
+
+    Example: fundus report . --out report.html
+    """
+    r = api.report(folder, out=out)
+    _say(f"read  {folder} ({r.datasets} datasets, {r.runs} runs, {r.evaluations} evaluations, {r.audits} audits)")
+    for line in r.missing:
+        _say(f"[yellow]not there yet:[/] {escape(line)}")
+    _say(f"wrote {r.out}")
+    _emit(r.out, {"report": r.out, "datasets": r.datasets, "runs": r.runs, "evaluations": r.evaluations,
+                  "audits": r.audits, "verdicts": r.verdicts, "missing": r.missing}, as_json)
+
+
+@command("demo", "Whole pipeline on built-in photographs -> OUT_DIR/report.html.  e.g. fundus demo demo")
+def demo_cmd(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for everything the demo makes.")] = Path("demo"),
+    n_photos: Annotated[Optional[int], typer.Option(help="Phantom photographs to make [default: 200; 60 with --quick].")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Image size in px for ingest and training [default: 64; 32 with "
+                                                     "--quick].")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny settings (32 px, a few training steps, few images): "
+                                                        "every step in about a minute; the models learn nothing.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of every step.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (training, sampling, audit).")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Redo every step, also in a folder with other files or a demo "
+                                                        "made with other settings.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the whole pipeline on built-in phantom photographs inside OUT_DIR: phantoms, ingest, train a
+    conditional VAE and GAN (--preset demo), sample from each, evaluate each, audit each for privacy,
+    and write OUT_DIR/report.html. Before each step it prints the equivalent command (cd OUT_DIR &&
+    fundus ...), so any step can be rerun or changed by hand; OUT_DIR/demo.json records the steps,
+    their times and the verdicts.
+
+    Running it again skips finished steps (outputs that exist and are newer than their inputs) and
+    resumes an interrupted training run, so Ctrl-C loses little. A non-empty folder that is not a demo,
+    or a demo made with other settings, is refused unless --force, which redoes every step. A privacy
+    audit that FAILs does not stop the demo: the verdict is printed and shown in the report, and the
+    exit code stays 0.
+
+    Example: fundus demo demo --n-photos 200 && open demo/report.html
+    """
+    from fundus_cli.demo import DemoConfig
+
+    def log(line: str) -> None:
+        if not _state["quiet"]:
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    r = api.demo(DemoConfig(out=out_dir, n_photos=n_photos, size=size, quick=quick, seed=seed, device=device,
+                            force=force), log=log)
+    _say(f"demo finished in {r.seconds / 60:.1f} min; wrote {r.summary}")
+    for arch, verdict in r.verdicts.items():
+        _say(f"privacy audit of the {arch.upper()} samples: {verdict}")
+    _emit(r.report, {"report": r.report, "summary": r.summary, "verdicts": r.verdicts, "seconds": round(r.seconds, 1),
+                     "steps": {s["name"]: {"status": s["status"], "seconds": s["seconds"]} for s in r.steps}}, as_json)
 
 
 def main() -> None:

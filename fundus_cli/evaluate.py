@@ -7,6 +7,11 @@ train-vs-holdout at the same sample size; the same per class when labelled; fund
 statistics (colour, vessels, sharpness, optic disc) and their distances.
 
 Usefulness (labels on all three sets): the small-CNN recipe of `metrics.usefulness`.
+
+Feature networks (`features`): `random` (a fixed random CNN, offline, the default),
+`inception` (the standard FID Inception-v3 from a local weights file: numbers comparable
+with other FID tools) and `classifier` (the usefulness classifier trained on the labelled
+real training set).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from fundus_cli import __version__
 from fundus_cli.data import h5
@@ -26,9 +32,10 @@ from fundus_cli.metrics.bootstrap import bootstrap_cis, cis_overlap
 from fundus_cli.metrics.features import RandomCNN
 from fundus_cli.metrics.fundus_stats import SCALAR_STATS, fundus_stats, stat_distances
 from fundus_cli.metrics.registry import resolve_metrics
+from fundus_cli.metrics.usefulness import Recipe
 from fundus_cli.progress import track
 
-FEATURES = ("random",)
+FEATURES = ("random", "inception", "classifier")
 # Lower is better for these; higher for the rest (precision, recall, density, coverage).
 LOWER_IS_BETTER = {"fid", "kid"}
 MIN_PER_CLASS = 10
@@ -42,7 +49,8 @@ class EvaluateConfig:
     synthetic: Path = Path("data/synthetic.h5")  # from `fundus sample`
     train: Path | None = Path("data/train.h5")  # real training images: the real-vs-real baseline
     out: Path = Path("reports/evaluate")  # report folder
-    features: str = "random"  # feature network (random: fixed random CNN, offline)
+    features: str = "random"  # feature network: random (fixed random CNN), inception (FID), classifier
+    weights: Path | None = None  # inception: pt_inception-2015-12-05-6726825d.pth ($FUNDUS_INCEPTION_WEIGHTS)
     metrics: str = "fid,kid,prdc"  # realism metrics
     size: int | None = None  # compare at this size (default: the smallest of the inputs)
     n_boot: int = 100  # bootstrap replicates for the CIs
@@ -98,8 +106,16 @@ def _sizes(cfg: EvaluateConfig) -> dict[str, int]:
 
 def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     if cfg.features not in FEATURES:
-        raise FundusError(f"--features {cfg.features!r}: this version offers {', '.join(FEATURES)} "
-                          "(a fixed random CNN that needs no download).")
+        raise FundusError(f"--features {cfg.features!r}: choose from {', '.join(FEATURES)} (random: a fixed random "
+                          "CNN, offline; inception: the standard FID network from a local weights file, --weights; "
+                          "classifier: the usefulness classifier trained on the labelled training set).")
+    if cfg.weights is not None and cfg.features != "inception":
+        raise FundusError(f"--weights {cfg.weights} is the Inception weights file, used only with --features "
+                          f"inception (not {cfg.features}); add --features inception or leave --weights out.")
+    if cfg.features == "inception":
+        from fundus_cli.metrics.inception import resolve_weights
+
+        resolve_weights(cfg.weights)  # a missing file fails before any work
     metrics = resolve_metrics(cfg.metrics)
     out = Path(cfg.out)
     report_path = out / "report.json"
@@ -124,7 +140,8 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         raise FundusError(f"{cfg.real} and {train_path} have different classes ({list(real.class_names)} vs "
                           f"{list(train.class_names)}); they must come from one ingest.")
 
-    extractor = RandomCNN()
+    recipe = Recipe(min_steps=cfg.usefulness_steps, size=min(64, size))
+    extractor, features_record = _extractor(cfg, train, recipe, notes)
     with track("features", 3 if train is not None else 2, unit="set") as advance:
         feats = {}
         for s in (real, synth, train):
@@ -140,9 +157,8 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     labelled = (len(real.class_names) >= 2 and (real.labels >= 0).all() and (synth.labels >= 0).all()
                 and train is not None and (train.labels >= 0).all())
     if cfg.usefulness and labelled and synth.class_names == real.class_names:
-        from fundus_cli.metrics.usefulness import Recipe, usefulness
+        from fundus_cli.metrics.usefulness import usefulness
 
-        recipe = Recipe(min_steps=cfg.usefulness_steps, size=min(64, size))
         useful = usefulness(train.images, train.labels, real.images, real.labels, synth.images, synth.labels,
                             n_classes=len(real.class_names), seed=cfg.seed, recipe=recipe)
         useful = {"scenarios": useful, "summary": _usefulness_summary(useful), "recipe": recipe.__dict__}
@@ -163,7 +179,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()} | {"size": size},
         "inputs": {s.name: {"path": str(s.path), "fingerprint": s.fingerprint, "images": int(len(s.images))}
                    for s in (real, synth, train) if s is not None},
-        "features": {"name": "random", "fingerprint": extractor.fingerprint, "dim": extractor.dim},
+        "features": features_record,
         "realism": realism,
         "fundus_statistics": stats["distances"],
         "usefulness": useful,
@@ -173,6 +189,41 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     write_json_atomic(report_path, report)
     return EvaluateResult(out=out, report=report_path, realism=realism, usefulness=useful, notes=notes,
                           figures=figures)
+
+
+def _extractor(cfg: EvaluateConfig, train: _Set | None, recipe: Recipe,
+               notes: list[str]) -> tuple[Any, dict[str, Any]]:
+    """The feature network of `cfg.features` and what the report records to identify it."""
+    if cfg.features == "inception":
+        from fundus_cli.metrics.inception import INPUT_SIZE, InceptionFeatures
+
+        inc = InceptionFeatures(cfg.weights, device="cuda" if torch.cuda.is_available() else "cpu")
+        return inc, {"name": inc.name, "fingerprint": inc.fingerprint, "dim": inc.dim, "weights": str(inc.weights),
+                     "weights_sha256": inc.sha256,
+                     "input": f"black outside the common field of view, bilinear resize to {INPUT_SIZE} px, [-1, 1]"}
+    if cfg.features == "classifier":
+        from fundus_cli.metrics.classifier_features import ClassifierFeatures
+
+        other = "use --features random (offline) or --features inception (--weights) instead"
+        if train is None:
+            raise FundusError(f"--features classifier trains the usefulness classifier on the real training set, and "
+                              f"there is none ({cfg.train} does not exist): pass --train PATH, or {other}.")
+        unlabelled = int((train.labels < 0).sum())
+        if len(train.class_names) < 2 or unlabelled:
+            why = (f"{unlabelled} of its {len(train.labels)} images have no label" if len(train.class_names) >= 2
+                   else f"it has {len(train.class_names)} classes")
+            raise FundusError(f"{train.path}: --features classifier needs a labelled training set (two or more "
+                              f"classes, every image labelled) to train its classifier, but {why}; ingest with "
+                              f"labels, or {other}.")
+        clf = ClassifierFeatures(train.images, train.labels, n_classes=len(train.class_names), seed=cfg.seed,
+                                 recipe=recipe, data_fingerprint=train.fingerprint)
+        notes.append("classifier features were learnt on the training images, which sit closer to their class "
+                     "centres than unseen ones: the train-vs-holdout baseline is pessimistic, so a synthetic set "
+                     "that scores like it may still be told apart from real data")
+        return clf, {"name": clf.name, "fingerprint": clf.fingerprint, "dim": clf.dim, **clf.definition,
+                     "class_names": list(train.class_names), "weights_sha256": clf.weights_sha256}
+    rnd = RandomCNN()
+    return rnd, {"name": rnd.name, "fingerprint": rnd.fingerprint, "dim": rnd.dim}
 
 
 def _subset(n: int, size: int, seed: int) -> np.ndarray:

@@ -26,7 +26,7 @@ def test_help_lists_every_command_with_an_example() -> None:
             entries.append(line.strip())
         elif line.strip() and entries:
             entries[-1] += " " + line.strip()
-    for cmd in ("phantoms", "ingest", "train", "sample", "evaluate", "audit-privacy", "info"):
+    for cmd in ("demo", "phantoms", "ingest", "train", "sample", "evaluate", "audit-privacy", "report", "info"):
         entry = next(e for e in entries if e.startswith(cmd + " "))
         assert f"e.g. fundus {cmd}" in entry.replace("- ", "-"), entry
     assert "Exit codes" in r.stdout

@@ -1,0 +1,833 @@
+"""`fundus report`: one self-contained HTML page for a project, a demo or a single artefact folder.
+
+The page is for a clinician collaborator: it opens in any browser without a network or
+JavaScript (images are base64 PNG data URIs, the CSS is inline) and puts together what the
+other commands wrote: real vs synthetic images per class, the realism and usefulness tables,
+the fundus statistics, the privacy verdict with its evidence, and the provenance of every
+artefact (fingerprints, versions, settings, training steps and time).
+
+Every number on the page is read from the report files, datasets and run folders; nothing is
+recomputed except the image grids, which are drawn from the dataset files. Everything read
+from a file is untrusted text: it is HTML-escaped, and only files that start with the PNG
+signature are embedded as images.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fundus_cli import __version__
+from fundus_cli.errors import FundusError
+from fundus_cli.fsio import sha256_file, write_text_atomic
+
+EVALUATE_FORMAT = "fundus-cli evaluate report"
+AUDIT_FORMAT = "fundus-cli privacy audit report"  # fundus_cli.audit.REPORT_FORMAT (not imported: it pulls in torch)
+INGEST_FORMAT = "fundus-cli ingest report"
+VERDICTS = ("PASS", "WARN", "FAIL", "INCONCLUSIVE")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_IMAGE_BYTES = 20 << 20  # a PNG larger than this is named, not embedded (keeps the page openable)
+MAX_JSON_BYTES = 50 << 20
+PER_CLASS = 8  # images per row of the real-vs-synthetic grids
+FLAGGED_ROWS = 20  # rows of flagged.csv shown
+DISPLAY_TILE = 120  # images smaller than this (px) are shown enlarged without smoothing
+
+_MEANING = {
+    "PASS": "No evidence that the synthetic images copy training images more than chance.",
+    "WARN": "A test is borderline: look at the closest pairs below before sharing these images.",
+    "FAIL": "Copies of training images, or synthetic images closer to the training images than chance allows, "
+            "were found: do not share these synthetic images.",
+    "INCONCLUSIVE": "There was no holdout set to calibrate against, so the audit cannot decide.",
+}
+
+
+@dataclass
+class ReportResult:
+    out: Path  # the HTML file
+    root: Path  # the folder reported on
+    datasets: int
+    runs: int
+    evaluations: int
+    audits: int
+    verdicts: dict[str, str]  # synthetic dataset (path) -> privacy verdict
+    missing: list[str] = field(default_factory=list)  # parts not there yet, with the command that makes them
+
+
+# --------------------------------------------------------------------------- what is in the folder
+
+
+@dataclass
+class _Dataset:
+    path: Path
+    info: Any  # h5.DatasetInfo
+    label_counts: dict[str, int]
+
+
+@dataclass
+class _Json:
+    path: Path
+    data: dict[str, Any]
+
+
+@dataclass
+class _Run:
+    dir: Path
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    checkpoint_sha256: str | None
+    step: int | None
+
+
+@dataclass
+class _SynthSet:
+    key: str  # fingerprint (or path when a report lacks one)
+    path: str  # as recorded
+    dataset: _Dataset | None
+    evaluations: list[_Json] = field(default_factory=list)
+    audits: list[_Json] = field(default_factory=list)
+
+
+@dataclass
+class _Project:
+    root: Path
+    datasets: list[_Dataset] = field(default_factory=list)
+    runs: list[_Run] = field(default_factory=list)
+    evaluations: list[_Json] = field(default_factory=list)
+    audits: list[_Json] = field(default_factory=list)
+    ingest: _Json | None = None
+    demo: _Json | None = None
+    problems: list[str] = field(default_factory=list)  # files that could not be read, and why
+
+
+def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            problems.append(f"{path}: larger than {MAX_JSON_BYTES >> 20} MB, not read")
+            return None
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        problems.append(f"{path}: not readable as JSON ({e})")
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def discover(root: Path) -> _Project:
+    """Find the project layout's files in `root`, or `root` itself being one of its folders
+    (data/, runs/, a run, reports/, one report folder)."""
+    from fundus_cli.data import h5
+
+    proj = _Project(root=root)
+    for p in sorted({*root.glob("*.h5"), *(root / "data").glob("*.h5")}):
+        try:
+            with h5.open_dataset(p) as r:
+                labels = r.labels()
+                counts = {name: int((labels == i).sum()) for i, name in enumerate(r.info.class_names)}
+                if (labels < 0).any():
+                    counts["unknown"] = int((labels < 0).sum())
+                proj.datasets.append(_Dataset(p, r.info, counts))
+        except FundusError as e:
+            proj.problems.append(str(e))
+
+    run_dirs = [root, *_subdirs(root), *_subdirs(root / "runs")]
+    seen: set[Path] = set()
+    for d in run_dirs:
+        if d.resolve() in seen or not ((d / "config.json").is_file() or (d / "checkpoint.pt").is_file()):
+            continue
+        seen.add(d.resolve())
+        proj.runs.append(_read_run(d, proj.problems))
+
+    candidates = [root / "report.json", *(d / "report.json" for d in _subdirs(root)),
+                  *(d / "report.json" for d in _subdirs(root / "reports"))]
+    seen = set()
+    for p in candidates:
+        if not p.is_file() or p.resolve() in seen:
+            continue
+        seen.add(p.resolve())
+        data = _read_json(p, proj.problems)
+        if data is None:
+            continue
+        if data.get("format") == EVALUATE_FORMAT:
+            proj.evaluations.append(_Json(p, data))
+        elif data.get("format") == AUDIT_FORMAT:
+            proj.audits.append(_Json(p, data))
+    for p in (root / "ingest-report.json", root / "data" / "ingest-report.json"):
+        if p.is_file() and (data := _read_json(p, proj.problems)) and data.get("format") == INGEST_FORMAT:
+            proj.ingest = _Json(p, data)
+            break
+    if (root / "demo.json").is_file() and (data := _read_json(root / "demo.json", proj.problems)):
+        proj.demo = _Json(root / "demo.json", data)
+    return proj
+
+
+def _read_run(d: Path, problems: list[str]) -> _Run:
+    config = _read_json(d / "config.json", problems) if (d / "config.json").is_file() else None
+    metrics: list[dict[str, Any]] = []
+    if (d / "metrics.jsonl").is_file():
+        for line in (d / "metrics.jsonl").read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                metrics.append(row)
+    ckpt = d / "checkpoint.pt"
+    # The newest numbered checkpoint names the step that checkpoint.pt holds (it is a link to it).
+    steps = [int(p.stem.split("-")[1]) for p in d.glob("checkpoint-*.pt") if p.stem.split("-")[1].isdigit()]
+    step = max(steps) if steps else (_num(metrics[-1].get("step")) if metrics else None)
+    return _Run(dir=d, config=config or {}, metrics=metrics,
+                checkpoint_sha256=sha256_file(ckpt) if ckpt.is_file() else None,
+                step=None if step is None else int(step))
+
+
+# --------------------------------------------------------------------------- formatting helpers
+
+
+def _e(x: Any) -> str:
+    """Any value from a file, as safe HTML text."""
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(float(x)) else None
+
+
+def _f(x: Any, spec: str = ".4g") -> str:
+    n = _num(x)
+    return "-" if n is None else _e(format(n, spec))
+
+
+def _i(x: Any) -> str:
+    """A count: digits without a decimal point, or '-'."""
+    n = _num(x)
+    return "-" if n is None else (_e(str(int(n))) if n.is_integer() else _f(n))
+
+
+def _ci(d: Any, value: str = ".4g", bounds: str = ".3g") -> str:
+    """'value [low, high]' of a {value, ci_low, ci_high} dict (the CLI's format)."""
+    if not isinstance(d, dict) or _num(d.get("value")) is None:
+        return "-"
+    return (f"{_f(d.get('value'), value)} <span class=ci>[{_f(d.get('ci_low'), bounds)}, "
+            f"{_f(d.get('ci_high'), bounds)}]</span>")
+
+
+def _get(d: Any, *keys: Any) -> Any:
+    for k in keys:
+        if isinstance(d, dict):
+            d = d.get(k)
+        elif isinstance(d, list) and isinstance(k, int) and -len(d) <= k < len(d):
+            d = d[k]
+        else:
+            return None
+    return d
+
+
+def _dict(x: Any) -> dict[str, Any]:
+    return x if isinstance(x, dict) else {}
+
+
+def _list(x: Any) -> list[Any]:
+    return x if isinstance(x, list) else []
+
+
+def _short(fp: Any) -> str:
+    s = _e(fp) if isinstance(fp, str) else "-"
+    return f"<code title='{s}'>{s[:12]}</code>" if len(s) > 12 else f"<code>{s}</code>"
+
+
+def _table(header: list[str], rows: list[list[str]], *, cls: str = "") -> str:
+    """header: plain text (escaped here); rows: cells that are already HTML."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _kv(d: dict[str, Any]) -> str:
+    rows = [[f"<code>{_e(k)}</code>", _e(json.dumps(v, default=str)) if isinstance(v, (dict, list)) else _e(v)]
+            for k, v in d.items()]
+    return _table(["setting", "value"], rows, cls="kv")
+
+
+def _details(summary: str, body: str) -> str:
+    return f"<details><summary>{_e(summary)}</summary>{body}</details>"
+
+
+def _cmd(text: str) -> str:
+    return f"<code class=cmd>{_e(text)}</code>"
+
+
+def _png(data: bytes, alt: str, *, style: str = "") -> str:
+    return (f"<img alt='{_e(alt)}' style='{style}' src='data:image/png;base64,"
+            f"{base64.b64encode(data).decode('ascii')}'>")
+
+
+def _png_file(path: Path, alt: str) -> str | None:
+    """An existing PNG figure embedded, or None (absent, not a PNG, too large)."""
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_IMAGE_BYTES:
+            return None
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return _png(data, alt) if data.startswith(PNG_SIGNATURE) else None
+
+
+def _figure(img: str | None, caption: str, missing: str) -> str:
+    if img is None:
+        return f"<p class=missing>{_e(missing)}</p>"
+    return f"<figure>{img}<figcaption>{_e(caption)}</figcaption></figure>"
+
+
+def _rel(path: Any, root: Path) -> str:
+    """A path shown relative to the reported folder when it is a file inside it; a recorded path
+    that is not there (it was relative to another working directory) is shown as recorded."""
+    if not isinstance(path, str):
+        return "-"
+    try:
+        p = Path(path)
+        if p.exists():
+            return str(p.resolve().relative_to(root.resolve()))
+    except (ValueError, OSError):
+        pass
+    return path
+
+
+def _grid_png(images: np.ndarray) -> str:
+    """A row of images as one PNG."""
+    import cv2
+
+    from fundus_cli.training.images import grid_image
+
+    pad = 2
+    grid = grid_image(images, nrow=len(images), pad=pad)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    if not ok:  # pragma: no cover - OpenCV only fails here on a broken build
+        raise RuntimeError("OpenCV could not encode a PNG")
+    # Every row is as wide as its share of PER_CLASS images, so tiles line up across rows at any
+    # window width; small images are enlarged without blurring.
+    style = f"width:{100 * len(images) / PER_CLASS:.2f}%;" + ("image-rendering:pixelated;"
+                                                              if images.shape[1] < DISPLAY_TILE else "")
+    return _png(buf.tobytes(), "image grid", style=style)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _synthetic_sets(p: _Project) -> list[_SynthSet]:
+    sets: dict[str, _SynthSet] = {}
+    for d in p.datasets:
+        if d.info.kind == "synthetic":
+            sets[d.info.fingerprint] = _SynthSet(d.info.fingerprint, str(d.path), d)
+    for kind, items in (("evaluations", p.evaluations), ("audits", p.audits)):
+        for j in items:
+            fp = _get(j.data, "inputs", "synthetic", "fingerprint")
+            path = _get(j.data, "inputs", "synthetic", "path")
+            key = fp if isinstance(fp, str) else f"path:{path}"
+            if key not in sets:
+                sets[key] = _SynthSet(key, path if isinstance(path, str) else "?", None)
+            getattr(sets[key], kind).append(j)
+    return sorted(sets.values(), key=lambda s: s.path)
+
+
+def _dataset_by_fp(p: _Project, fp: Any) -> _Dataset | None:
+    return next((d for d in p.datasets if isinstance(fp, str) and d.info.fingerprint == fp), None)
+
+
+def _set_title(s: _SynthSet, p: _Project) -> str:
+    prov = s.dataset.info.provenance if s.dataset is not None else {}
+    arch = prov.get("arch")
+    run = next((r for r in p.runs if r.checkpoint_sha256 and r.checkpoint_sha256 == prov.get("checkpoint_fingerprint")),
+               None)
+    what = f"{str(arch).upper()} model" if isinstance(arch, str) else "synthetic images"
+    return f"{what}: {_rel(s.path, p.root)}" + (f" (from {_rel(str(run.dir), p.root)})" if run else "")
+
+
+def _verdict(audit: _Json | None) -> str | None:
+    status = _get(audit.data, "decision", "status") if audit else None
+    return status if isinstance(status, str) else None
+
+
+def _badge(status: str | None) -> str:
+    if status is None:
+        return "<span class='badge none'>no audit</span>"
+    cls = status if status in VERDICTS else "none"
+    return f"<span class='badge {cls}'>{_e(status)}</span>"
+
+
+def _glance(p: _Project, sets: list[_SynthSet]) -> str:
+    rows = []
+    for s in sets:
+        ev = s.evaluations[-1] if s.evaluations else None
+        au = s.audits[-1] if s.audits else None
+        told = _dict(_get(ev.data, "realism", "overall", "distinguishable")) if ev else {}
+        realism = (f"{sum(1 for v in told.values() if v is True)} of {len(told)} metrics tell them apart"
+                   if told else ("evaluated, no baseline" if ev else "not evaluated"))
+        tstr = _get(ev.data, "usefulness", "summary", "tstr_over_trtr_balanced_accuracy") if ev else None
+        n = (s.dataset.info.count if s.dataset else _get(ev.data, "inputs", "synthetic", "images") if ev
+             else _get(au.data, "inputs", "synthetic", "count") if au else None)
+        rows.append([_e(_set_title(s, p)), _i(n), _e(realism), _f(tstr, ".2f"), _badge(_verdict(au))])
+    if not rows:
+        return ""
+    return ("<section><h2>At a glance</h2>" + _table(
+        ["synthetic set", "images", "realism vs real holdout", "usefulness (synthetic / real balanced accuracy)",
+         "privacy"], rows) + "</section>")
+
+
+def _datasets_section(p: _Project) -> str:
+    if not p.datasets:
+        return ("<section><h2>Datasets</h2><p class=missing>No dataset files (data/*.h5) here. "
+                f"Make them with {_cmd('fundus ingest RAW_DIR')}.</p></section>")
+    rows = []
+    for d in p.datasets:
+        i = d.info
+        counts = ", ".join(f"{_e(k)}: {_i(v)}" for k, v in d.label_counts.items()) or "unlabelled"
+        rows.append([_e(_rel(str(d.path), p.root)), _e(i.split), _e(i.kind), _i(i.count),
+                     f"{_i(i.image_size)} px", counts, _e("yes" if i.pseudonymized else "no")])
+    out = ["<section><h2>Datasets</h2>",
+           _table(["file", "split", "kind", "images", "size", "images per class", "pseudonymised"], rows)]
+    if p.ingest is not None:
+        g = p.ingest.data
+        rej = _list(g.get("rejected"))
+        out.append(f"<p>Ingest ({_e(_rel(str(p.ingest.path), p.root))}): {_i(_get(g, 'input', 'images_found'))} "
+                   f"photographs found, {_i(_get(g, 'counts', 'accepted'))} accepted, "
+                   f"{_i(_get(g, 'counts', 'rejected'))} rejected, "
+                   f"{_i(len(_list(_get(g, 'duplicates', 'groups'))))} duplicate groups, "
+                   f"{_i(_get(g, 'counts', 'patients'))} patients; the split into training and holdout is "
+                   "by patient.</p>")
+        if rej:
+            out.append(_details(f"{len(rej)} rejected files", _table(
+                ["file", "reason"], [[_e(_get(r, "path") or _get(r, "file")), _e(_get(r, "reason"))]
+                                     for r in rej[:200]])))
+    out.append("</section>")
+    return "".join(out)
+
+
+def _grids(s: _SynthSet, p: _Project) -> str:
+    ev = s.evaluations[-1] if s.evaluations else None
+    real = _dataset_by_fp(p, _get(ev.data, "inputs", "real", "fingerprint")) if ev else None
+    real = real or next((d for d in p.datasets if d.info.split == "holdout" and d.info.kind == "real"), None)
+    if s.dataset is not None and real is not None:
+        try:
+            return _grids_from_files(real, s.dataset, p.root)
+        except FundusError as e:
+            p.problems.append(str(e))
+    if ev is not None:
+        img = _png_file(ev.path.parent / "grids.png", "real and synthetic images")
+        if img is not None:
+            return _figure(img, "real holdout (left) and synthetic (right) images, per class (from "
+                           f"{_rel(str(ev.path.parent / 'grids.png'), p.root)})", "")
+    return "<p class=missing>No images to show: the synthetic and real holdout dataset files are not here.</p>"
+
+
+def _grids_from_files(real: _Dataset, synth: _Dataset, root: Path) -> str:
+    from fundus_cli.data import h5
+
+    with h5.open_dataset(real.path) as r, h5.open_dataset(synth.path) as s:
+        rl, sl = r.labels(), s.labels()
+        names = r.info.class_names
+        labelled = len(names) >= 2 and s.info.class_names == names and (sl >= 0).all() and (rl >= 0).all()
+        groups = ([(name, np.flatnonzero(rl == c)[:PER_CLASS], np.flatnonzero(sl == c)[:PER_CLASS])
+                   for c, name in enumerate(names)] if labelled
+                  else [("all images", np.arange(min(PER_CLASS, len(r))), np.arange(min(PER_CLASS, len(s))))])
+        cells = []
+        for name, ri, si in groups:
+            for reader, idx, what in ((r, ri, "real (holdout)"), (s, si, "synthetic")):
+                body = _grid_png(reader.take_images(idx)) if len(idx) else "<span class=missing>no images</span>"
+                cells.append(f"<div class=lab>{_e(what)}<br><b>{_e(name)}</b></div><div>{body}</div>")
+    note = ("one pair of rows per class" if labelled else "unlabelled, or the classes differ")
+    return (f"<p>First {PER_CLASS} images of each class in {_e(_rel(str(real.path), root))} (real, never trained on) "
+            f"and {_e(_rel(str(synth.path), root))} ({note}).</p><div class=rows>{''.join(cells)}</div>")
+
+
+def _realism(ev: _Json) -> str:
+    realism = _dict(ev.data.get("realism"))
+    out = []
+    blocks = [("all images", _dict(realism.get("overall")))] + [
+        (f"class {k}", v) for k, v in _dict(realism.get("per_class")).items()]
+    for name, b in blocks:
+        if not isinstance(b, dict):
+            continue
+        if "skipped" in b:
+            out.append(f"<p><b>{_e(name)}</b>: no per-class numbers ({_e(b['skipped'])}).</p>")
+            continue
+        syn, base, told = _dict(b.get("synthetic")), _dict(b.get("baseline_train")), _dict(b.get("distinguishable"))
+        rows = []
+        for k, v in syn.items():
+            t = told.get(k)
+            verdict = ("<span class=bad>yes</span>" if t is True else "<span class=good>no</span>" if t is False
+                       else "-")
+            better = "lower is better" if k in ("fid", "kid") else "higher is better"
+            rows.append([f"<b>{_e(k)}</b> <span class=ci>({_e(better)})</span>", _ci(v), _ci(base.get(k)), verdict])
+        out.append(f"<h4>{_e(name)}: {_i(b.get('n_compared'))}"
+                   f" synthetic images vs {_i(b.get('n_real'))}"
+                   " real holdout images</h4>")
+        out.append(_table(["metric", "synthetic vs real holdout (95 % CI)",
+                           "real training vs real holdout: the baseline (95 % CI)", "told apart?"], rows))
+    return "".join(out)
+
+
+def _usefulness(ev: _Json, root: Path) -> str:
+    u = ev.data.get("usefulness")
+    if not isinstance(u, dict):
+        return ("<p class=missing>No usefulness test: it needs labels on the training, holdout and synthetic sets "
+                f"(train with {_cmd('fundus train --conditional')}).</p>")
+    names = {"real": "real training images", "synthetic": "synthetic images only",
+             "real+synthetic": "real + synthetic", "real25": "25 % of the real images",
+             "real25+synthetic": "25 % of the real images + synthetic"}
+    rows = [[_e(names.get(k, k)), _i(_get(v, "train_images")),
+             *(_ci(_get(v, m), ".3f", ".2f") for m in ("accuracy", "balanced_accuracy", "macro_auc"))]
+            for k, v in _dict(u.get("scenarios")).items()]
+    summ = _dict(u.get("summary"))
+    said = {"tstr_over_trtr_balanced_accuracy": "balanced accuracy trained on synthetic / trained on real",
+            "augmentation_gain_balanced_accuracy": "change in balanced accuracy from adding the synthetic images to "
+                                                   "all real images",
+            "augmentation_gain_25pct_balanced_accuracy": "change in balanced accuracy from adding them to 25 % of the "
+                                                         "real images"}
+    lines = [f"<li>{_e(said.get(k, k.replace('_', ' ')))}: <b>{_f(v, '.3f')}</b></li>" for k, v in summ.items()]
+    return ("<p>A small classifier with a fixed recipe is trained on each set of images and tested on the real "
+            "holdout. Synthetic images are useful when training on them comes close to training on real images, "
+            "or when adding them helps.</p>"
+            + _table(["trained on", "images", "accuracy (95 % CI)", "balanced accuracy", "macro AUC"], rows)
+            + (f"<ul>{''.join(lines)}</ul>" if lines else ""))
+
+
+def _fundus_stats(ev: _Json) -> str:
+    fs = _dict(ev.data.get("fundus_statistics"))
+    syn, base = _dict(fs.get("synthetic_vs_real")), _dict(fs.get("train_vs_real"))
+    means = _dict(fs.get("means"))
+    rows = []
+    for k, v in syn.items():
+        rows.append([_e(k.replace("_", " ")), _f(v), _f(base.get(k)),
+                     *(_f(_get(means, who, k)) for who in ("real", "synthetic", "train"))])
+    if not rows:
+        return "<p class=missing>No fundus statistics in this report.</p>"
+    img = _png_file(ev.path.parent / "fundus-stats.png", "distributions of the fundus statistics")
+    return ("<p>Distances (Wasserstein-1) between the distributions over images of colour, vessel density, "
+            "sharpness and optic-disc brightness; the synthetic distance should be close to the real-vs-real "
+            "baseline.</p>"
+            + _table(["statistic", "synthetic vs real holdout", "real training vs real holdout (baseline)",
+                      "mean: real holdout", "mean: synthetic", "mean: real training"], rows)
+            + (_figure(img, "distributions inside the field of view", "") if img else ""))
+
+
+def _privacy(s: _SynthSet, p: _Project) -> str:
+    if not s.audits:
+        return (f"<p class=missing>No privacy audit of this set yet. Run "
+                f"{_cmd(f'fundus audit-privacy --synthetic {_rel(s.path, p.root)} --out reports/audit-privacy')}"
+                ".</p>")
+    out = []
+    for a in s.audits:
+        d = a.data
+        dec = _dict(d.get("decision"))
+        status = _verdict(a)
+        inputs = _dict(d.get("inputs"))
+        hold = _dict(inputs.get("holdout"))
+        out.append(f"<div class=verdict>{_badge(status)} <span>{_e(_MEANING.get(status or '', ''))}</span></div>")
+        out.append(f"<p>Audit {_e(_rel(str(a.path), p.root))}: {_i(_get(inputs, 'synthetic', 'count'))} synthetic "
+                   f"vs {_i(_get(inputs, 'train', 'count'))} training images, calibrated on "
+                   f"{_e(d.get('calibration'))}"
+                   + (f" ({_i(hold.get('used'))} holdout images used, {_i(hold.get('excluded'))} excluded as "
+                      "duplicates of training images or training patients)" if hold else "")
+                   + f"; {_i(dec.get('n_flagged'))} flagged, "
+                   f"{_i(len(_list(dec.get('confirmed_copies'))))} confirmed copies.</p>")
+        reasons = [f"<li class=bad>FAIL: {_e(r)}</li>" for r in _list(dec.get("reasons"))]
+        warns = [f"<li class=warn>WARN: {_e(w)}</li>" for w in _list(dec.get("warnings"))]
+        if reasons or warns:
+            out.append(f"<ul>{''.join(reasons + warns)}</ul>")
+        rows = []
+        for name, e in _dict(d.get("embeddings")).items():
+            mem, zu, ct, mi = (_dict(_get(e, k)) for k in ("memorization", "z_u", "c_t", "membership"))
+            rows.append([_e(name), _f(_get(e, "dcr_synthetic_median")), _f(_get(e, "dcr_calibration_median")),
+                         f"{_f(mem.get('rate'))} <span class=ci>(p = {_f(mem.get('p_exact'), '.3g')})</span>",
+                         _f(zu.get("z"), ".3g"), _f(ct.get("c_t"), ".3g"), _f(_get(e, "dcr_share"), ".3g"),
+                         _ci({"value": mi.get("auc"), "ci_low": mi.get("ci_low"), "ci_high": mi.get("ci_high")},
+                             ".3f", ".2f"), _i(_get(e, "n_flagged"))])
+        if rows:
+            out.append(_table(["embedding", "median distance: synthetic to nearest training",
+                               "median distance: holdout to nearest training", "memorization rate",
+                               "Z_U (<= -3 fails)", "C_T (<= -3 fails)", "DCR share",
+                               "membership AUC (95 % CI)", "flagged"], rows))
+        pairs = _png_file(a.path.parent / "nearest-pairs.png", "closest synthetic/training pairs")
+        out.append(_figure(pairs, "closest synthetic/training pairs (flagged first) beside the closest "
+                           "holdout/training pairs, with their difference", "No nearest-pairs.png beside the audit."))
+        dist = _png_file(a.path.parent / "distances.png", "distance distributions")
+        if dist:
+            out.append(_figure(dist, "distances to the nearest training image: synthetic vs holdout", ""))
+        out.append(_flagged(a.path.parent / "flagged.csv"))
+        out.append(_details("thresholds and settings of this audit",
+                            _kv(_dict(d.get("thresholds"))) + _kv(_dict(_get(d, "settings", "config")))))
+        notes = [f"<li>{_e(n)}</li>" for n in _list(d.get("notes"))]
+        if notes:
+            out.append(f"<p>Notes:</p><ul>{''.join(notes)}</ul>")
+    return "".join(out)
+
+
+def _flagged(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error):
+        return ""
+    if not rows:
+        return "<p>No synthetic image was flagged.</p>"
+    cols = ("synthetic_index", "train_index", "train_source", "embedding", "distance", "ratio", "p_value", "confirmed")
+    body = [[_e(r.get(c, "")) for c in cols] for r in rows[:FLAGGED_ROWS]]
+    more = f" (first {FLAGGED_ROWS} of {len(rows)})" if len(rows) > FLAGGED_ROWS else ""
+    return _details(f"{len(rows)} flagged synthetic images{more}", _table(list(cols), body))
+
+
+def _synthetic_section(s: _SynthSet, p: _Project) -> str:
+    out = [f"<section><h2>{_e(_set_title(s, p))}</h2>", "<h3>Real and synthetic images</h3>", _grids(s, p)]
+    if not s.evaluations:
+        out.append("<h3>Realism</h3><p class=missing>Not evaluated yet. Run "
+                   f"{_cmd(f'fundus evaluate --synthetic {_rel(s.path, p.root)} --out reports/evaluate')}.</p>")
+    for ev in s.evaluations:
+        out.append(f"<h3>Realism <span class=ci>({_e(_rel(str(ev.path), p.root))})</span></h3>")
+        out.append("<p>Features of a fixed random network compared between the synthetic images and real images the "
+                   "model never saw, beside the same comparison for real training images (what a perfect generator "
+                   "would reach). <i>Told apart</i>: the synthetic interval does not overlap the baseline's, so the "
+                   "difference is beyond chance at this sample size.</p>")
+        out.append(_realism(ev))
+        img = _png_file(ev.path.parent / "metrics.png", "realism metrics")
+        if img:
+            out.append(_figure(img, "realism metrics with 95 % CIs", ""))
+        out.append("<h3>Usefulness</h3>" + _usefulness(ev, p.root))
+        out.append("<h3>Fundus statistics</h3>" + _fundus_stats(ev))
+        notes = [f"<li>{_e(n)}</li>" for n in _list(ev.data.get("notes"))]
+        if notes:
+            out.append(f"<p>Notes:</p><ul>{''.join(notes)}</ul>")
+    out.append("<h3>Privacy</h3>" + _privacy(s, p))
+    out.append("</section>")
+    return "".join(out)
+
+
+def _training_time(metrics: list[dict[str, Any]]) -> float | None:
+    """Seconds of training: metrics' `time` restarts from 0 on each resume, so sum the segments."""
+    total, last = 0.0, None
+    for m in metrics:
+        t = _num(m.get("time"))
+        if t is None:
+            continue
+        if last is not None and t < last:
+            total += last
+        last = t
+    return None if last is None else total + last
+
+
+def _duration(secs: float | None) -> str:
+    if secs is None:
+        return "-"
+    return f"{_f(secs, '.1f')} s" if secs < 120 else f"{_f(secs / 60, '.1f')} min"
+
+
+def _runs_section(p: _Project) -> str:
+    if not p.runs:
+        return ("<section><h2>Training runs</h2><p class=missing>No training runs (runs/*/) here. Train one with "
+                f"{_cmd('fundus train --arch gan --conditional')}.</p></section>")
+    out = ["<section><h2>Training runs</h2>"]
+    for r in p.runs:
+        tc = _dict(r.config.get("train_config"))
+        secs = _training_time(r.metrics)
+        speeds = [v for m in r.metrics if (v := _num(m.get("images_per_s"))) is not None]
+        arch = r.config.get("arch", tc.get("arch"))
+        out.append(f"<h3>{_e(_rel(str(r.dir), p.root))}: {_e(str(arch).upper() if arch else '?')}</h3>")
+        facts = [f"step {_i(r.step)} of "
+                 f"{_i(tc.get('steps'))}",
+                 f"training time {_duration(secs)}",
+                 f"median speed {_f(float(np.median(speeds)), '.1f') + ' images/s' if speeds else '-'}",
+                 f"preset {_e(tc.get('preset'))}, {_i(tc.get('size'))}"
+                 f" px, batch {_e(tc.get('batch'))}, conditional: {_e(tc.get('conditional'))}",
+                 f"device {_e(r.config.get('device'))}"]
+        if r.metrics:
+            last = {k: v for k, v in r.metrics[-1].items() if k not in ("step", "time", "lr", "images_per_s")}
+            facts.append("last losses: " + ", ".join(f"{_e(k)} = {_f(v)}" for k, v in last.items()))
+        out.append("<ul>" + "".join(f"<li>{x}</li>" for x in facts) + "</ul>")
+        loss = _png_file(r.dir / "loss.png", "loss curves")
+        if loss is None and r.metrics and (r.dir / "metrics.jsonl").is_file():
+            loss = _loss_from_metrics(r.dir / "metrics.jsonl", str(arch))
+        out.append(_figure(loss, "loss curves (metrics.jsonl)", "No loss curves yet (no loss.png or metrics.jsonl)."))
+        grids = sorted(r.dir.glob("samples-*.png"))
+        shown = [g for g in (grids[:1] + grids[-1:] if len(grids) > 1 else grids)]
+        cells = [f"<figure>{img}<figcaption>{_e(g.name)}</figcaption></figure>"
+                 for g in shown if (img := _png_file(g, g.name)) is not None]
+        if cells:
+            out.append("<p>Samples from fixed latent vectors, first and last grid of the run:</p>"
+                       f"<div class=pairs>{''.join(cells)}</div>")
+        out.append(_details("training settings", _kv(tc) + _kv(_dict(r.config.get("model_config")))))
+    out.append("</section>")
+    return "".join(out)
+
+
+def _loss_from_metrics(metrics: Path, arch: str) -> str | None:
+    from fundus_cli.training.images import plot_losses
+
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_losses(metrics, Path(tmp) / "loss.png", title=f"{arch} training")
+        return _png_file(png, "loss curves") if png else None
+
+
+def _provenance(p: _Project) -> str:
+    train_sets = {d.info.fingerprint: d for d in p.datasets if d.info.split == "train"}
+    rows = []
+    for d in p.datasets:
+        i = d.info
+        prov = i.provenance if isinstance(i.provenance, dict) else {}
+        made = (f"sampled from checkpoint {_short(prov.get('checkpoint_fingerprint'))} ({_e(prov.get('arch'))}, step "
+                f"{_e(prov.get('step'))}, seed {_e(prov.get('seed'))})" if i.kind == "synthetic" else "ingest")
+        rows.append([_e(_rel(str(d.path), p.root)), _short(i.fingerprint), made, _e(i.fundus_cli_version),
+                     _e(i.created)])
+    for r in p.runs:
+        ds = _dict(r.config.get("dataset"))
+        fp = ds.get("fingerprint")
+        match = "" if not train_sets else (
+            f" <span class=good>(= {_e(_rel(str(train_sets[fp].path), p.root))})</span>" if fp in train_sets
+            else " <span class=bad>(not a training set here)</span>")
+        rows.append([_e(_rel(str(r.dir / "checkpoint.pt"), p.root)), _short(r.checkpoint_sha256),
+                     f"trained on {_short(fp)}{match}", _e(r.config.get("fundus_cli_version")), "-"])
+    for ev in p.evaluations:
+        rows.append([_e(_rel(str(ev.path), p.root)), "-",
+                     f"features: {_e(_get(ev.data, 'features', 'name'))} network {_short(_get(ev.data, 'features', 'fingerprint'))}",
+                     _e(ev.data.get("fundus_cli_version")), "-"])
+    for a in p.audits:
+        rows.append([_e(_rel(str(a.path), p.root)), "-",
+                     f"learned embedding weights {_short(_get(a.data, 'learned_encoder', 'weights_sha256'))}",
+                     _e(a.data.get("fundus_cli_version")), "-"])
+    out = ["<section><h2>Provenance</h2><p>Every file records the SHA-256 fingerprints of what it was made from; "
+           "hover a fingerprint for all 64 digits.</p>",
+           _table(["artefact", "fingerprint", "made from", "fundus-cli", "created"], rows, cls="prov")]
+    for ev in p.evaluations:
+        out.append(_details(f"settings of {_rel(str(ev.path), p.root)}", _kv(_dict(ev.data.get("settings")))))
+    if p.demo is not None:
+        steps = _list(p.demo.data.get("steps"))
+        drows = [[_e(_get(s, "name")), _cmd(str(_get(s, "command") or "")), _e(_get(s, "status")),
+                  _f(_get(s, "seconds"), ".1f")] for s in steps if isinstance(s, dict)]
+        out.append(f"<h3>Demo steps ({_e(_rel(str(p.demo.path), p.root))})</h3>"
+                   f"<p>Each step is a command you can rerun or change in this folder; total "
+                   f"{_duration(_num(p.demo.data.get('seconds')))}.</p>"
+                   + _table(["step", "command", "status", "seconds"], drows))
+    env = {"fundus-cli (this report)": __version__, "python": platform.python_version()}
+    for pkg in ("numpy", "torch", "h5py"):
+        try:
+            env[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    out.append("<p class=ci>Report made by " + ", ".join(f"{_e(k)} {_e(v)}" for k, v in env.items()) + ".</p>")
+    if p.problems:
+        out.append("<h3>Files that could not be read</h3><ul>"
+                   + "".join(f"<li>{_e(x)}</li>" for x in p.problems) + "</ul>")
+    out.append("</section>")
+    return "".join(out)
+
+
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;margin:0;background:#f4f5f7;
+color:#1d232a;line-height:1.45}
+main{max-width:1180px;margin:0 auto;padding:24px 28px 60px}
+header{background:#1f3a5f;color:#fff;padding:22px 28px}
+header h1{margin:0 0 4px;font-size:1.6em}header p{margin:0;opacity:.85}
+section{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:6px 22px 18px;margin:18px 0}
+h2{font-size:1.3em;border-bottom:2px solid #e6e9ee;padding-bottom:6px}h3{margin-top:22px}h4{margin:14px 0 6px}
+table{border-collapse:collapse;margin:8px 0 12px;font-size:.92em;max-width:100%}
+th,td{border:1px solid #d5d9df;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#eef1f5}td{font-variant-numeric:tabular-nums}
+table.kv td,table.prov td{word-break:break-all}
+.ci{color:#5b6570;font-size:.9em}.good{color:#1b7f3b;font-weight:600}.bad{color:#b3261e;font-weight:600}
+.warn{color:#8a5a00}.missing{color:#6b5900;background:#fff8e1;border-left:4px solid #e0b400;padding:6px 10px}
+.badge{display:inline-block;padding:3px 12px;border-radius:12px;font-weight:700;color:#fff;background:#777}
+.badge.PASS{background:#1b7f3b}.badge.WARN{background:#c77c00}.badge.FAIL{background:#b3261e}
+.badge.INCONCLUSIVE{background:#6b6f76}.badge.none{background:#9aa0a6}
+.verdict{font-size:1.15em;margin:10px 0}.verdict .badge{font-size:1.05em;margin-right:8px}
+figure{margin:8px 0 14px}figure img{max-width:100%;height:auto;border:1px solid #e1e4e8}
+figcaption{font-size:.88em;color:#4a535c}
+.pairs{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:4px 24px}
+.pairs figure{margin:4px 0}
+.rows{display:grid;grid-template-columns:130px minmax(0,1fr);gap:6px 12px;align-items:center;margin-bottom:12px}
+.rows img{height:auto;display:block}.lab{font-size:.9em;color:#4a535c;text-align:right;overflow-wrap:anywhere}
+code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em}
+code.cmd{background:#f0f2f5;padding:1px 5px;border-radius:4px}
+details{margin:6px 0}summary{cursor:pointer;color:#1f3a5f}
+"""
+
+
+def render(p: _Project) -> tuple[str, dict[str, str], list[str]]:
+    """The page, the privacy verdict per synthetic set, and the parts that are missing."""
+    sets = _synthetic_sets(p)
+    missing = []
+    if not p.datasets:
+        missing.append("datasets: run `fundus ingest RAW_DIR`")
+    if not p.runs:
+        missing.append("training runs: run `fundus train`")
+    for s in sets:
+        if not s.evaluations:
+            missing.append(f"evaluation of {_rel(s.path, p.root)}: run `fundus evaluate --synthetic {s.path}`")
+        if not s.audits:
+            missing.append(f"privacy audit of {_rel(s.path, p.root)}: run `fundus audit-privacy --synthetic {s.path}`")
+    if not sets and p.datasets:
+        missing.append("synthetic images: run `fundus sample`")
+    verdicts = {_rel(s.path, p.root): v for s in sets if (v := _verdict(s.audits[-1] if s.audits else None))}
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = [f"<header><h1>Synthetic fundus photographs: report</h1><p>{_e(p.root.resolve())} &middot; made {_e(now)} "
+            f"by fundus-cli {_e(__version__)}</p></header><main>"]
+    if missing:
+        body.append("<section><h2>Not here yet</h2><ul>" + "".join(f"<li>{_e(m)}</li>" for m in missing)
+                    + "</ul></section>")
+    body.append(_glance(p, sets))
+    body.append(_datasets_section(p))
+    if not sets:
+        body.append("<section><h2>Synthetic images</h2><p class=missing>No synthetic images here yet. Make them "
+                    f"with {_cmd('fundus sample --n 1000')}.</p></section>")
+    body.extend(_synthetic_section(s, p) for s in sets)
+    body.append(_runs_section(p))
+    body.append(_provenance(p))
+    body.append("</main>")
+    page = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+            "<meta name=viewport content='width=device-width, initial-scale=1'>"
+            # No request may leave the page: images are data URIs and nothing else is loaded.
+            "<meta http-equiv=Content-Security-Policy content=\"default-src 'none'; img-src data:; "
+            "style-src 'unsafe-inline'\">"
+            f"<title>fundus-cli report: {_e(p.root.name or p.root.resolve().name)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+    return page, verdicts, missing
+
+
+def write_report(source: Path, *, out: Path | None = None) -> ReportResult:
+    """Write the HTML report for the project (or demo, or single artefact) folder `source`."""
+    root = Path(source)
+    if not root.exists():
+        raise FundusError(f"{root}: no such folder. Give a project folder (with data/, runs/, reports/), a demo "
+                          "folder from `fundus demo`, or one of its run or report folders.")
+    if not root.is_dir():
+        raise FundusError(f"{root} is a file; give the folder that holds it (e.g. the project folder, or "
+                          f"{root.parent}).")
+    p = discover(root)
+    if not (p.datasets or p.runs or p.evaluations or p.audits or p.ingest):
+        raise FundusError(f"{root}: found nothing to report (no data/*.h5, runs/*/, reports/evaluate*/report.json "
+                          "or reports/audit-privacy*/report.json). Run `fundus demo "
+                          f"{root}` for a complete example, or in a project folder `fundus ingest RAW_DIR`, "
+                          "`fundus train`, `fundus sample`, `fundus evaluate` and `fundus audit-privacy` first.")
+    page, verdicts, missing = render(p)
+    out_path = Path(out) if out is not None else root / "report.html"
+    if out_path.is_dir():
+        raise FundusError(f"--out {out_path} is a folder; give the path of the .html file to write.")
+    write_text_atomic(out_path, page)
+    return ReportResult(out=out_path, root=root, datasets=len(p.datasets), runs=len(p.runs),
+                        evaluations=len(p.evaluations), audits=len(p.audits), verdicts=verdicts, missing=missing)

@@ -1,0 +1,244 @@
+"""`fundus report`: one self-contained HTML page built from the files of a project folder."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fundus_cli.cli import app
+from fundus_cli.data import h5
+from fundus_cli.errors import FundusError
+from fundus_cli.report_html import write_report
+
+EVIL = "<script>alert('x')</script>"
+EVIL_IMG = "<img src=x onerror=alert(1)>"
+METRICS = ("fid", "kid", "precision", "recall", "density", "coverage")
+
+
+def _ci(rng: np.random.Generator, scale: float) -> dict[str, float]:
+    v = float(rng.uniform(0.1, 1.0) * scale)
+    return {"value": v, "ci_low": v * 0.8123, "ci_high": v * 1.2345}
+
+
+def _fingerprint(path: Path) -> str:
+    with h5.open_dataset(path) as r:
+        return r.info.fingerprint
+
+
+def _evaluate_report(root: Path, seed: int) -> dict:
+    """An evaluate report.json of the real format, with numbers that appear nowhere else."""
+    rng = np.random.default_rng(seed)
+    inputs = {name: {"path": f"data/{file}", "fingerprint": _fingerprint(root / "data" / file), "images": 5}
+              for name, file in (("real", "holdout.h5"), ("synthetic", "synthetic.h5"), ("train", "train.h5"))}
+
+    def block() -> dict:
+        return {"n_real": 3, "n_compared": 8, "synthetic": {m: _ci(rng, 50) for m in METRICS},
+                "baseline_train": {m: _ci(rng, 5) for m in METRICS},
+                "distinguishable": {m: bool(i % 2) for i, m in enumerate(METRICS)}}
+
+    scenarios = {s: {"train_images": int(rng.integers(5, 50)), **{m: _ci(rng, 1) for m in
+                                                                  ("accuracy", "balanced_accuracy", "macro_auc")}}
+                 for s in ("real", "synthetic", "real+synthetic", "real25", "real25+synthetic")}
+    stats = ("vessel_density", "sharpness", "disc_brightness", "colour_emd")
+    return {
+        "format": "fundus-cli evaluate report", "fundus_cli_version": "0.1.0",
+        "settings": {"n_boot": 10, "seed": 0, "out": EVIL}, "inputs": inputs,
+        "features": {"name": "random", "fingerprint": "ab" * 32, "dim": 960},
+        "realism": {"overall": block(), "per_class": {"healthy": block(), EVIL: {"skipped": EVIL_IMG}}},
+        "fundus_statistics": {"synthetic_vs_real": {k: float(rng.uniform(1, 99)) for k in stats},
+                              "train_vs_real": {k: float(rng.uniform(1, 99)) for k in stats},
+                              "means": {w: {k: float(rng.uniform(1, 99)) for k in stats[:3]}
+                                        for w in ("real", "synthetic", "train")}},
+        "usefulness": {"scenarios": scenarios, "summary": {"tstr_over_trtr_balanced_accuracy": 0.87654}},
+        "notes": [f"note {EVIL_IMG}"], "figures": [],
+    }
+
+
+def _audit_report(root: Path, status: str) -> dict:
+    inputs = {name: {"path": f"data/{file}", "fingerprint": _fingerprint(root / "data" / file), "count": 5}
+              for name, file in (("train", "train.h5"), ("holdout", "holdout.h5"), ("synthetic", "synthetic.h5"))}
+    inputs["holdout"] |= {"used": 3, "excluded": 0}
+    emb = {"dcr_synthetic_median": 0.613579, "dcr_calibration_median": 0.246802, "dcr_share": 0.4321,
+           "memorization": {"rate": 0.0625, "p_exact": 0.0123}, "z_u": {"z": -3.21}, "c_t": {"c_t": -1.11},
+           "membership": {"auc": 0.77777, "ci_low": 0.61234, "ci_high": 0.93456}, "n_flagged": 2}
+    return {
+        "format": "fundus-cli privacy audit report", "format_version": 1, "fundus_cli_version": "0.1.0",
+        "decision": {"status": status, "exit_code": 1, "reasons": [f"pixel: Z_U -3.21 {EVIL}"],
+                     "warnings": ["learned: p = 0.03"], "n_flagged": 2, "confirmed_copies": [3]},
+        "inputs": inputs, "calibration": "holdout", "embeddings": {"pixel": emb},
+        "thresholds": {"z_fail": -3.0}, "settings": {"config": {"seed": 0}},
+        "learned_encoder": {"weights_sha256": "cd" * 32}, "notes": [], "artefacts": [],
+    }
+
+
+@pytest.fixture
+def project(tiny_data: Path, tiny_runs: dict[str, Path], tmp_path: Path) -> Path:
+    """data/ (tiny ingest + 8 samples of the tiny conditional GAN), runs/gan, and report files."""
+    from fundus_cli.sampling import SampleConfig, sample
+
+    root = tmp_path / "proj"
+    shutil.copytree(tiny_data, root / "data")
+    shutil.copytree(tiny_runs["gan"].parent, root / "runs" / "gan")
+    sample(SampleConfig(run=root / "runs" / "gan", n=8, out=root / "data" / "synthetic.h5", device="cpu"))
+    ev = root / "reports" / "evaluate"
+    ev.mkdir(parents=True)
+    (ev / "report.json").write_text(json.dumps(_evaluate_report(root, 1)))
+    (ev / "grids.png").write_text(f"not a png {EVIL}")  # untrusted: never embedded
+    au = root / "reports" / "audit-privacy"
+    au.mkdir(parents=True)
+    (au / "report.json").write_text(json.dumps(_audit_report(root, "FAIL")))
+    ok, png = cv2.imencode(".png", np.full((20, 30, 3), 200, np.uint8))
+    (au / "nearest-pairs.png").write_bytes(png.tobytes())
+    with open(au / "flagged.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["synthetic_index", "train_index", "train_source", "embedding", "distance", "ratio", "p_value",
+                    "confirmed"])
+        w.writerow([3, 1, EVIL_IMG, "pixel", 0.1, 0.5, 0.01, "true"])
+    return root
+
+
+def _html(root: Path) -> str:
+    r = write_report(root)
+    assert r.out == root / "report.html" and not (root / "report.html.tmp").exists()
+    return r.out.read_text(encoding="utf-8")
+
+
+def test_every_number_of_the_reports_is_on_the_page(project: Path) -> None:
+    page = _html(project)
+    ev = json.loads((project / "reports/evaluate/report.json").read_text())
+    for block in (ev["realism"]["overall"], ev["realism"]["per_class"]["healthy"]):
+        for side in ("synthetic", "baseline_train"):
+            for v in block[side].values():
+                assert f"{v['value']:.4g} <span class=ci>[{v['ci_low']:.3g}, {v['ci_high']:.3g}]" in page
+    for v in ev["usefulness"]["scenarios"].values():
+        for m in ("accuracy", "balanced_accuracy", "macro_auc"):
+            assert f"{v[m]['value']:.3f} <span class=ci>[{v[m]['ci_low']:.2f}, {v[m]['ci_high']:.2f}]" in page
+        assert f"<td>{v['train_images']}</td>" in page
+    fs = ev["fundus_statistics"]
+    for part in ("synthetic_vs_real", "train_vs_real"):
+        for v in fs[part].values():
+            assert f"<td>{v:.4g}</td>" in page
+    for who in fs["means"].values():
+        for v in who.values():
+            assert f"<td>{v:.4g}</td>" in page
+    assert "<b>0.877</b>" in page  # usefulness summary, .3f
+    # The privacy verdict with its reasons and the evidence figure.
+    assert "<span class='badge FAIL'>FAIL</span>" in page
+    assert "Z_U -3.21" in page and "0.778 <span class=ci>[0.61, 0.93]</span>" in page and "<td>-3.21</td>" in page
+    ok, png = cv2.imencode(".png", np.full((20, 30, 3), 200, np.uint8))
+    assert base64.b64encode(png.tobytes()).decode() in page
+    # Provenance: the fingerprints of the files, the checkpoint's, the training steps.
+    for name in ("train.h5", "holdout.h5", "synthetic.h5"):
+        assert _fingerprint(project / "data" / name)[:12] in page
+    assert "step 3 of 3" in page and "(= data/train.h5)" in page
+
+
+def test_the_page_is_self_contained(project: Path) -> None:
+    page = _html(project)
+    assert page.count("data:image/png;base64,") >= 8  # grids per class x 2, loss curve, samples, nearest pairs
+    assert "http://" not in page and "https://" not in page and "file:" not in page
+    tags = re.findall(r"<[a-zA-Z][^>]*>", page)  # text from files is escaped, so these are the page's own
+    for tag in tags:
+        assert not re.search(r"\b(?:href|action|srcset|url)\b", tag), tag[:200]
+        if re.search(r"\bsrc\s*=", tag):
+            assert re.search(r"""\bsrc\s*=\s*['"]data:image/png;base64,""", tag), tag[:200]
+    assert sum(t.startswith("<img") for t in tags) >= 8
+    assert "<script" not in page.lower() and "<link" not in page.lower() and "@import" not in page
+
+
+def test_strings_from_files_are_escaped(project: Path, tmp_path: Path) -> None:
+    # A dataset whose class names, sources and patients are markup.
+    with h5.open_dataset(project / "data" / "holdout.h5") as r:
+        recs = [r.record(i) for i in range(len(r))]
+    with h5.DatasetWriter(project / "data" / "evil.h5", image_size=32, split="train",
+                          class_names=[EVIL, 'a&b"c']) as w:
+        for i, rec in enumerate(recs):
+            rec.label, rec.source, rec.patient = i % 2, EVIL_IMG, EVIL
+            w.append(rec)
+    run_cfg = project / "runs" / "gan" / "config.json"
+    cfg = json.loads(run_cfg.read_text())
+    cfg["device"] = EVIL
+    run_cfg.write_text(json.dumps(cfg))
+    page = _html(project)
+    assert "<script" not in page.lower()
+    assert "<img src=x" not in page and "onerror=alert(1)>" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page  # class name, reasons, notes, settings
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page  # flagged.csv source, notes
+    assert "a&amp;b&quot;c" in page
+    assert base64.b64encode(b"not a png").decode()[:8] not in page
+
+
+def test_missing_parts_are_stated_not_errors(project: Path) -> None:
+    shutil.rmtree(project / "reports" / "audit-privacy")
+    res = CliRunner().invoke(app, ["report", str(project), "--out", str(project / "r.html"), "--json"])
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["report"] == str(project / "r.html") and summary["audits"] == 0 and summary["verdicts"] == {}
+    assert any(m.startswith("privacy audit of data/synthetic.h5") for m in summary["missing"])
+    page = (project / "r.html").read_text()
+    assert "No privacy audit of this set yet" in page and "fundus audit-privacy --synthetic data/synthetic.h5" in page
+    assert "<span class='badge none'>no audit</span>" in page
+    # Without the evaluation either, the page still shows the images and says what to run.
+    shutil.rmtree(project / "reports")
+    page = _html(project)
+    assert "Not evaluated yet" in page and "real (holdout)" in page
+
+
+def test_one_folder_of_the_layout_on_its_own(project: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["report", str(project / "reports" / "evaluate"), "--out", str(tmp_path / "e.html")])
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.strip() == str(tmp_path / "e.html")
+    page = (tmp_path / "e.html").read_text()
+    v = json.loads((project / "reports/evaluate/report.json").read_text())["realism"]["overall"]["synthetic"]["kid"]
+    assert f"{v['value']:.4g}" in page and "No training runs" in page
+    # No dataset files here, so the grids would come from grids.png, which is not a PNG: refused.
+    assert "No images to show" in page and base64.b64encode(b"not a png").decode()[:8] not in page
+    page = write_report(project / "runs" / "gan", out=tmp_path / "run.html").out.read_text()
+    assert "step 3 of 3" in page and "No dataset files" in page
+
+
+def test_a_folder_with_nothing_to_report_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("hello")
+    for folder in ("empty", "other", "absent"):
+        res = CliRunner().invoke(app, ["report", str(tmp_path / folder)])
+        assert res.exit_code == 2, res.output
+        assert str(tmp_path / folder) in res.stderr and "fundus" in res.stderr
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    with pytest.raises(FundusError, match="fundus demo"):
+        write_report(tmp_path / "empty")
+    assert not (tmp_path / "empty" / "report.html").exists()
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+def test_renders_in_a_headless_browser(project: Path, tmp_path: Path) -> None:
+    browser = next((b for b in map(shutil.which, BROWSERS) if b), None)
+    if browser is None:
+        pytest.skip(f"no headless browser found (looked for {', '.join(BROWSERS)}); apt-get install chromium")
+    page = write_report(project).out
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1400",
+                    f"--screenshot={shot}", page.resolve().as_uri()], capture_output=True, timeout=120, check=False)
+    img = cv2.imread(str(shot))
+    assert img is not None, f"{browser} wrote no screenshot"
+    assert img.shape[:2] == (1400, 1280)
+    assert img.std() > 20  # not a blank page
+    # The inline CSS applied: the header's dark blue band and the red FAIL badge are drawn.
+    header = img[5:40, 5:1275].reshape(-1, 3).astype(int)
+    assert (np.abs(header - [95, 58, 31]).sum(1) < 30).mean() > 0.5  # #1f3a5f in BGR
+    red = np.abs(img.reshape(-1, 3).astype(int) - [30, 38, 179]).sum(1) < 30  # #b3261e in BGR
+    assert red.sum() > 100
