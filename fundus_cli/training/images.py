@@ -62,7 +62,8 @@ def plot_losses(metrics_jsonl: Path, out_png: Path, *, title: str) -> Path | Non
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.0), squeeze=False)
     for ax, k in zip(axes[0], keys):
         vals = [r.get(k) for r in rows]
-        ax.plot(steps, vals, lw=1)
+        # markers when there are few points (a short run logs one or two): a lone point has no line
+        ax.plot(steps, vals, lw=1, marker="o" if len(rows) < 20 else None, ms=3)
         ax.set_title(k)
         ax.set_xlabel("step")
         ax.set_ylabel(k)
