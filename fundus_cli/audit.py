@@ -8,6 +8,14 @@ training set only), compared with the training set under flips (``stats.nearest`
 judged (``decision.decide``): PASS / WARN (exit 0), FAIL (exit 1), INCONCLUSIVE (exit 3,
 no holdout and not accepted).
 
+The fourth "embedding", ``registered`` (``register``), finds copies moved by up to
+``max_shift`` px, which all the others miss beyond a few pixels: each synthetic and each
+calibration image re-ranks a few candidate training images (the pixel and learned
+embeddings' nearest, and the learned nearest of eight shifted views of the image) by the
+pixel distance minimised over shifts and flips, and gets its p-value and ratio from those
+distances. A registered flag whose fine detail matches the training image at the found
+shift counts as a confirmed copy, as a confirmed perceptual-hash match does.
+
 Memory does not grow with the training set. Its images are read ``chunk`` at a time:
 one pass for the common mask, one for the encoder's (capped) training sample, and one
 that prepares every image once and spills the prepared pixels and learned features to a
@@ -45,18 +53,24 @@ from fundus_cli.fsio import write_text_atomic
 from fundus_cli.privacy import preprocess as pp
 from fundus_cli.privacy import stats as st
 from fundus_cli.privacy.decision import Decision, Flag, Thresholds, decide
+from fundus_cli.privacy import register as rg
 from fundus_cli.privacy.embeddings import (EncoderConfig, LearnedEncoder, Vectors, learned_embedding,
                                            pixel_embedding, tiled_embedding, train_encoder)
 from fundus_cli.progress import track
 
-EMBEDDINGS = ("pixel", "tiled", "learned")  # in the order they are computed and reported
+EMBEDDINGS = ("pixel", "tiled", "learned", "registered")  # in the order they are computed and reported
 REPORT_FORMAT = "fundus-cli privacy audit report"
 REPORT_VERSION = 1
 SIGNIFICANT = 6  # digits kept of every float in report.json and flagged.csv
 FLAGGED_COLUMNS = ("synthetic_index", "synthetic_source", "train_index", "train_source", "train_patient",
-                   "embedding", "distance", "flipped", "ratio", "p_value", "confirmed", "flagged_in", "phash_bits")
+                   "embedding", "distance", "flipped", "ratio", "p_value", "confirmed", "flagged_in", "phash_bits",
+                   "shift", "registered_match")
 _PAIRS = 6  # rows of nearest-pairs.png
 _SEED_HOLDOUT = 21  # sub-seed of the holdout subsample (beyond max_holdout)
+_SEED_VIEWS = 22  # sub-seed of the training sample that the view search's projection is fitted on
+_VIEW_DIMS = 64  # principal axes of the learned features used by the view search
+_VIEW_FIT = 5000  # training images (one per duplicate group) the projection is fitted on
+_VIEW_K = 4  # candidates per shifted view
 
 
 @dataclass(frozen=True)
@@ -66,12 +80,16 @@ class AuditConfig:
     #                                                  calibration, reported INCONCLUSIVE unless accept_no_holdout
     synthetic: Path = Path("data/synthetic.h5")  # the images to audit (`fundus sample`)
     out: Path = Path("reports/audit-privacy")  # report folder
-    embeddings: str = "pixel,tiled,learned"  # comma-separated, from EMBEDDINGS
+    embeddings: str = "pixel,tiled,learned,registered"  # comma-separated, from EMBEDDINGS
     size: int = pp.DEFAULT_SIZE  # working size in px: images are compared at size x size
     seed: int = 0  # encoder training, member sampling, k-means cells, bootstrap, holdout subsample
     encoder_steps: int = EncoderConfig.steps  # training steps of the learned embedding
     accept_no_holdout: bool = False  # accept leave-one-out calibration (PASS/WARN instead of INCONCLUSIVE)
     max_holdout: int = 10000  # holdout images used for calibration (seeded subsample beyond; bounds memory)
+    max_shift: int | None = None  # registered distance: largest shift searched, px at the working size
+    #                               (None: size // 8, i.e. 8 px at 64 px)
+    register_k: int = 8  # registered distance: candidates per query from each of pixel and learned, and
+    #                      the neighbours its ratio test averages
     # Statistics and decision thresholds (AUDIT.md's defaults; the report states the ones used).
     alpha: float = st.AuditSettings.alpha  # tau = alpha-quantile of dcr(holdout); chance memorization rate
     ratio: float = Thresholds.ratio  # ratio test: r below this marks an image much closer to one training image
@@ -170,7 +188,11 @@ def parse_embeddings(text: str) -> tuple[str, ...]:
     if unknown or not asked:
         raise FundusError(f"--embeddings {text!r}: {'unknown ' + ', '.join(unknown) if unknown else 'none given'}; "
                           f"valid: {', '.join(EMBEDDINGS)}")
-    return tuple(e for e in EMBEDDINGS if e in asked)
+    names = tuple(e for e in EMBEDDINGS if e in asked)
+    if names == ("registered",):
+        raise FundusError("--embeddings registered re-ranks the nearest training images that another embedding "
+                          "finds; give pixel or learned too (e.g. pixel,learned,registered)")
+    return names
 
 
 # --------------------------------------------------------------------------- checks
@@ -179,9 +201,13 @@ def parse_embeddings(text: str) -> tuple[str, ...]:
 def _check_config(cfg: AuditConfig) -> tuple[Thresholds, st.AuditSettings]:
     if cfg.size < 16:
         raise FundusError(f"--size {cfg.size}: the audit needs a working size of at least 16 px (default 64)")
-    if cfg.chunk < 1 or cfg.max_holdout < 1 or cfg.encoder_steps < 0 or cfg.ratio_k < 1 or cfg.n_boot < 0:
-        raise FundusError("--chunk, --max-holdout and --ratio-k must be positive; --encoder-steps and --n-boot "
-                          "must not be negative")
+    if cfg.chunk < 1 or cfg.max_holdout < 1 or cfg.encoder_steps < 0 or cfg.ratio_k < 1 or cfg.n_boot < 0 \
+            or cfg.register_k < 1:
+        raise FundusError("--chunk, --max-holdout, --ratio-k and --register-k must be positive; --encoder-steps and "
+                          "--n-boot must not be negative")
+    if cfg.max_shift is not None and not 0 <= cfg.max_shift < cfg.size // 2:
+        raise FundusError(f"--max-shift {cfg.max_shift}: must be between 0 and {cfg.size // 2 - 1} px at the "
+                          f"{cfg.size} px working size")
     for name in ("alpha", "memorization_p_fail", "warn_p"):
         if not 0.0 < getattr(cfg, name) < 1.0:
             raise FundusError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(cfg, name)}")
@@ -246,12 +272,12 @@ class _Spill:
     """float32 rows written once to a scratch file and read back by plain reads (not a memory
     map, whose touched pages would count as the process's memory)."""
 
-    def __init__(self, path: Path, width: int) -> None:
-        self.path, self.width, self.n = path, width, 0
+    def __init__(self, path: Path, width: int, dtype: Any = np.float32) -> None:
+        self.path, self.width, self.n, self.dtype = path, width, 0, np.dtype(dtype)
         self._file: Any = open(path, "wb")  # noqa: SIM115 - closed by finish()
 
     def append(self, rows: np.ndarray) -> None:
-        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
         assert rows.ndim == 2 and rows.shape[1] == self.width
         self._file.write(rows.tobytes())
         self.n += len(rows)
@@ -262,12 +288,12 @@ class _Spill:
     def read(self, start: int, stop: int) -> np.ndarray:
         stop = min(stop, self.n)
         count = max(0, stop - start) * self.width
-        rows = np.fromfile(self.path, dtype=np.float32, count=count, offset=start * self.width * 4)
+        rows = np.fromfile(self.path, dtype=self.dtype, count=count, offset=start * self.width * self.dtype.itemsize)
         return rows.reshape(-1, self.width)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         return np.stack([self.read(int(r), int(r) + 1)[0] for r in rows]) if len(rows) else \
-            np.zeros((0, self.width), np.float32)
+            np.zeros((0, self.width), self.dtype)
 
     def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
         for a in range(0, self.n, size):
@@ -283,6 +309,7 @@ class _Side:
     learned: Vectors | None
     phash: np.ndarray | None  # uint64 (n,), computed from the images (a file's own column is not trusted)
     phash_flipped: np.ndarray | None
+    views: np.ndarray | None = None  # float32 (n, views, dims): shifted views in the projected learned embedding
 
 
 def _unflatten(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -301,8 +328,9 @@ def _vectors(name: str, pixels: np.ndarray, mask: np.ndarray, learned: Vectors |
 
 
 def _read_side(reader: h5.DatasetReader, rows: np.ndarray, *, mask: np.ndarray, encoder: LearnedEncoder | None,
-               chunk: int, device: Any, hashes: bool, what: str) -> _Side:
-    pixels, learned, hs, hfs = [], [], [], []
+               chunk: int, device: Any, hashes: bool, what: str,
+               views: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> _Side:
+    pixels, learned, hs, hfs, vs = [], [], [], [], []
     with track(f"reading {what}", len(rows)) as advance:
         for a in range(0, len(reader), chunk):
             b = min(a + chunk, len(reader))
@@ -317,9 +345,122 @@ def _read_side(reader: h5.DatasetReader, rows: np.ndarray, *, mask: np.ndarray, 
             if hashes:
                 hs.append(np.array([phash(i) for i in imgs], dtype=np.uint64))
                 hfs.append(pp.flipped_phashes(imgs))
+            if views is not None:
+                vs.append(views(imgs, fov))
             advance(len(sel))
     return _Side(rows=rows, pixels=np.concatenate(pixels), learned=Vectors.concat(learned) if learned else None,
-                 phash=np.concatenate(hs) if hashes else None, phash_flipped=np.concatenate(hfs) if hashes else None)
+                 phash=np.concatenate(hs) if hashes else None, phash_flipped=np.concatenate(hfs) if hashes else None,
+                 views=np.concatenate(vs) if views is not None else None)
+
+
+@dataclass(frozen=True)
+class _Views:
+    """Shifted views of query images in the learned embedding, projected on its principal
+    axes: the registered distance's candidates for copies moved too far for the embeddings'
+    own searches (on phantoms the learned embedding ranked the source of an 8 px shifted
+    copy first for 9 % of them, one of its views for all)."""
+
+    encoder: LearnedEncoder
+    offsets: list[tuple[int, int]]  # px at the working size
+    projection: rg.Projection
+    working_size: int
+    device: Any
+
+    def __call__(self, images: np.ndarray, fov: np.ndarray) -> np.ndarray:
+        """uint8 images (n, S, S, 3) and their masks -> float32 (n, views, dims)."""
+        s = images.shape[1]
+        out = []
+        for dy, dx in self.offsets:
+            moved = rg.shift_images(images, round(dy * s / self.working_size), round(dx * s / self.working_size))
+            v = learned_embedding(self.encoder, moved, fov, flips=False, device=self.device)
+            out.append(self.projection(v.parts[0]))
+        return np.stack(out, 1)
+
+
+def _view_embedder(cfg: AuditConfig, names: tuple[str, ...], encoder: LearnedEncoder | None, lrn: _Spill | None,
+                   t_dups: np.ndarray, n_t: int, max_shift: int, device: Any) -> _Views | None:
+    offsets = rg.view_offsets(max_shift)
+    if "registered" not in names or encoder is None or lrn is None or not offsets:
+        return None
+    rows = st.sample_train(n_t, _VIEW_FIT, dup_groups=t_dups, seed=cfg.seed, stream=_SEED_VIEWS)
+    projection = rg.fit_projection(lrn.take(rows)[:, :encoder.model.feature_dim], dims=_VIEW_DIMS)
+    return _Views(encoder=encoder, offsets=offsets, projection=projection, working_size=cfg.size, device=device)
+
+
+def _view_candidates(views: _Views, q_views: np.ndarray, lrn: _Spill, *, chunk: int, dedupe: np.ndarray,
+                     exclude: tuple[np.ndarray, np.ndarray] | None, device: Any) -> np.ndarray:
+    """Training rows nearest to each view of each query (n, views * _VIEW_K), the mirrored
+    training images included (a view near a mirrored training image is a mirrored copy)."""
+    n, n_views, dims = q_views.shape
+    flat = np.ascontiguousarray(q_views.reshape(n * n_views, dims))
+    d = lrn.width // 2
+
+    def chunks() -> Iterator[tuple[int, Vectors]]:
+        for a, rows in lrn.chunks(chunk):
+            yield a, Vectors(parts=(views.projection(rows[:, :d]), views.projection(rows[:, d:])))
+
+    excl = None if exclude is None else (np.repeat(exclude[0], n_views, axis=0), exclude[1])
+    near = st.nearest(Vectors(parts=(flat, flat)), chunks, k=_VIEW_K, exclude=excl, dedupe=dedupe, device=str(device))
+    return near.index.reshape(n, n_views * _VIEW_K)
+
+
+def _audit_registered(cfg: AuditConfig, results: list[st.EmbeddingAudit], *, settings: st.AuditSettings,
+                      mask: np.ndarray, max_shift: int, s_side: _Side, h_side: _Side | None,
+                      train: h5.DatasetReader, pix: _Spill, own: _Spill | None, lrn: _Spill | None,
+                      views: _Views | None, groups: np.ndarray, chunk: int, device: Any,
+                      notes: list[str]) -> st.EmbeddingAudit:
+    """The registered distance (``privacy.register``): every synthetic and calibration image
+    re-ranks the same kinds of candidates by the same procedure, so that the conformal
+    p-values stay calibrated."""
+    by = {r.name: r for r in results}
+    sources = [by[n] for n in ("pixel", "learned") if n in by] or list(by.values())
+    k = cfg.register_k
+    loo = h_side is None
+    cal_rows = sources[0].calibration_rows if loo else None
+    if loo:
+        assert cal_rows is not None
+        cal_side = _read_side(train, cal_rows, mask=mask, encoder=None, chunk=chunk, device=device, hashes=False,
+                              what="leave-one-out images", views=views)
+    else:
+        cal_side = h_side
+    n_s = len(s_side.pixels)
+    cand = np.concatenate([np.concatenate([r.synthetic.index[:, :k], r.calibration_near.index[:, :k]])
+                           for r in sources], 1)
+    dedupe = np.where(groups[:, 1] >= 0, groups[:, 1], -1 - np.arange(len(groups)))
+    if views is not None:
+        assert lrn is not None and s_side.views is not None and cal_side.views is not None
+        exclude = None
+        if loo:  # a training image used as a query must not find itself, its duplicates or its patient
+            exclude = (np.concatenate([np.full((n_s, 3), -1, np.int64), groups[cal_rows]]), groups)
+        cand = np.concatenate([cand, _view_candidates(views, np.concatenate([s_side.views, cal_side.views]), lrn,
+                                                      chunk=chunk, dedupe=dedupe, exclude=exclude, device=device)], 1)
+    elif "learned" not in by and max_shift > 2:
+        notes.append("registered distance without the learned embedding: its candidates come from "
+                     f"{'+'.join(r.name for r in sources)} alone, which rarely find copies moved by more than 2 px")
+    assert own is not None
+    chunks = ((a, rows, own.read(a, a + len(rows)).astype(bool)) for a, rows in pix.chunks(chunk))
+    d, i, f, sh = rg.registered_nearest(rg.Registrar(mask, max_shift=max_shift),
+                                        np.concatenate([s_side.pixels, cal_side.pixels]), cand, chunks, k=k,
+                                        groups=dedupe)
+    near = st.Nearest(distance=d, index=i, flipped=f, part=np.zeros(i.shape, np.int32), shift=sh)
+    return st.audit_nearest("registered", synthetic=near.take(slice(0, n_s)), calibration=near.take(slice(n_s, None)),
+                            calibration_kind="leave-one-out" if loo else "holdout", calibration_rows=cal_rows,
+                            settings=settings)
+
+
+def _confirm_registered(r: st.EmbeddingAudit, synth: h5.DatasetReader, train: h5.DatasetReader, th: Thresholds,
+                        working_size: int) -> np.ndarray:
+    """Per synthetic image: the registered distance flags it and its fine detail, moved back
+    by the registered shift, is the training image's (the hash rule's confirmation)."""
+    match = np.zeros(len(r.p_values), bool)
+    assert r.synthetic.shift is not None
+    for s in np.flatnonzero(r.flagged(ratio=th.ratio)):
+        t = int(r.synthetic.index[s, 0])
+        corr = rg.detail_correlation(synth.images(int(s), int(s) + 1)[0], train.images(t, t + 1)[0],
+                                     shift=(int(r.synthetic.shift[s, 0, 0]), int(r.synthetic.shift[s, 0, 1])),
+                                     flipped=bool(r.synthetic.flipped[s, 0]), working_size=working_size)
+        match[s] = corr >= DUP_CORRELATION
+    return match
 
 
 def _run(cfg: AuditConfig, names: tuple[str, ...], thresholds: Thresholds, settings: st.AuditSettings,
@@ -344,6 +485,8 @@ def _run(cfg: AuditConfig, names: tuple[str, ...], thresholds: Thresholds, setti
     # Training images: prepared once, spilled to scratch, streamed from there on every pass.
     pix = _Spill(scratch / "train-pixels.f32", 3 * int(mask.sum()))
     lrn = _Spill(scratch / "train-learned.f32", 2 * encoder.model.feature_dim) if encoder is not None else None
+    # The registered distance leaves out the parts of a training image outside its own field of view.
+    own = _Spill(scratch / "train-fov.u8", int(mask.sum()), np.uint8) if "registered" in names else None
     with track("embedding training images", n_t) as advance:
         for a in range(0, n_t, chunk):
             b = min(a + chunk, n_t)
@@ -353,10 +496,14 @@ def _run(cfg: AuditConfig, names: tuple[str, ...], thresholds: Thresholds, setti
             if lrn is not None:
                 v = learned_embedding(encoder, imgs, fov, device=device)
                 lrn.append(np.concatenate([v.parts[0], v.flipped[0]], 1))
+            if own is not None:
+                own.append(pp.resize_masks(fov, cfg.size)[:, mask])
             advance(b - a)
-    pix.finish()
-    if lrn is not None:
-        lrn.finish()
+    for spill in (pix, lrn, own):
+        if spill is not None:
+            spill.finish()
+    max_shift = cfg.size // 8 if cfg.max_shift is None else cfg.max_shift
+    views = _view_embedder(cfg, names, encoder, lrn, t_dups, n_t, max_shift, device)
 
     def train_chunks(name: str) -> st.Chunks:
         def gen() -> Iterator[tuple[int, Vectors]]:
@@ -376,8 +523,19 @@ def _run(cfg: AuditConfig, names: tuple[str, ...], thresholds: Thresholds, setti
     h_side = None
     if hold is not None:
         h_sources, h_patients = hold.sources(), hold.patients()
-        overlap = st.holdout_overlap(hold.phashes(), t_hash, holdout_patients=h_patients, train_patients=t_patients,
-                                     max_bits=cfg.phash_bits)
+        h_flipped = np.concatenate([pp.flipped_phashes(hold.images(a, a + chunk)) for a in range(0, len(hold), chunk)])
+
+        def same_photograph(h: int, t: int, mirrored: bool) -> bool:
+            img = hold.images(h, h + 1)[0]
+            img = np.ascontiguousarray(img[:, ::-1]) if mirrored else img
+            return float((detail_signature(img) * detail_signature(train.images(t, t + 1)[0])).mean()) \
+                >= DUP_CORRELATION
+
+        overlap = st.holdout_overlap(hold.phashes(), t_hash, holdout_phash_flipped=h_flipped, confirm=same_photograph,
+                                     holdout_patients=h_patients, train_patients=t_patients, max_bits=cfg.phash_bits)
+        if overlap.unconfirmed:
+            notes.append(f"holdout: {overlap.unconfirmed} image(s) with a perceptual hash within {cfg.phash_bits} bits "
+                         "of a training image's were kept: their fine detail differs (look-alikes, not duplicates)")
         keep = np.nonzero(overlap.keep)[0]
         if len(keep) == 0:
             raise FundusError(f"every image of {cfg.holdout} duplicates a training image or belongs to a training "
@@ -388,9 +546,9 @@ def _run(cfg: AuditConfig, names: tuple[str, ...], thresholds: Thresholds, setti
             notes.append(f"holdout: {cfg.max_holdout} of {int(overlap.keep.sum())} usable images used for the "
                          "calibration (seeded subsample; --max-holdout)")
         h_side = _read_side(hold, keep, mask=mask, encoder=encoder, chunk=chunk, device=device, hashes=False,
-                            what="holdout")
+                            what="holdout", views=views)
     s_side = _read_side(synth, np.arange(len(synth)), mask=mask, encoder=encoder, chunk=chunk, device=device,
-                        hashes=True, what="synthetic images")
+                        hashes=True, what="synthetic images", views=views)
 
     primary = "pixel" if "pixel" in names else names[0]
     groups = st.train_groups(t_dups, t_patients, n_t)
@@ -398,6 +556,13 @@ def _run(cfg: AuditConfig, names: tuple[str, ...], thresholds: Thresholds, setti
     reference: list[tuple[int, int, bool, float]] = []  # (query row, training row, flipped, distance)
     with track("auditing", len(names), unit="embedding") as advance:
         for name in names:
+            if name == "registered":
+                results.append(_audit_registered(
+                    cfg, results, settings=settings, mask=mask, max_shift=max_shift, s_side=s_side, h_side=h_side,
+                    train=train, pix=pix, own=own, lrn=lrn, views=views, groups=groups, chunk=chunk,
+                    device=device, notes=notes))
+                advance()
+                continue
             s_vec = _vectors(name, s_side.pixels, mask, s_side.learned)
             h_vec = None if h_side is None else _vectors(name, h_side.pixels, mask, h_side.learned)
             r = st.audit_embedding(name, train=train_chunks(name), synthetic=s_vec, holdout=h_vec, n_train=n_t,
@@ -414,8 +579,12 @@ def _run(cfg: AuditConfig, names: tuple[str, ...], thresholds: Thresholds, setti
         notes.append(f"{unconfirmed_hashes} perceptual-hash matches within {cfg.phash_bits} bits were not the same "
                      "photograph on a closer look (fine-detail correlation below "
                      f"{DUP_CORRELATION}): not counted as copies")
+    registered_match = None
+    if "registered" in names:
+        registered_match = _confirm_registered(results[-1], synth, train, thresholds, cfg.size)
     decision = decide(results, phash_bits=s_bits, phash_index=s_index, phash_flipped=s_flipped,
-                      accept_leave_one_out=cfg.accept_no_holdout, thresholds=thresholds)
+                      registered_match=registered_match, accept_leave_one_out=cfg.accept_no_holdout,
+                      thresholds=thresholds)
 
     s_sources = synth.sources()
     report_path = out / "report.json"
@@ -476,6 +645,11 @@ def _run(cfg: AuditConfig, names: tuple[str, ...], thresholds: Thresholds, setti
             "working_size": cfg.size,
             "mask": {"pixels": int(mask.sum()), "coverage": pp.DEFAULT_COVERAGE, "shrink": pp.DEFAULT_SHRINK},
             "statistics": settings.__dict__,
+            "registration": None if "registered" not in names else {
+                "max_shift": max_shift, "candidates_per_source": cfg.register_k,
+                "view_shifts": [list(v) for v in rg.view_offsets(max_shift)] if views is not None else [],
+                "view_candidates": _VIEW_K if views is not None else 0, "view_dims": _VIEW_DIMS,
+                "confirm_detail_correlation": DUP_CORRELATION},
             "encoder": None if encoder is None else encoder.config.to_dict(),
         },
         "thresholds": thresholds.to_dict(),
@@ -509,12 +683,14 @@ def _excluded_holdout(overlap: st.HoldoutOverlap, h_sources: list[str], h_patien
     rows = []
     for i in np.nonzero(~overlap.keep)[0]:
         dup = int(overlap.duplicate_of[i])
-        why = (["duplicate of a training image"] if dup >= 0 else []) + \
+        mirrored = dup >= 0 and overlap.duplicate_flipped is not None and bool(overlap.duplicate_flipped[i])
+        why = ([f"duplicate of a training image{' (mirrored)' if mirrored else ''}"] if dup >= 0 else []) + \
               (["patient also in training"] if overlap.shared_patient[i] else [])
         rows.append({"holdout_index": int(i), "source": h_sources[i], "patient": h_patients[i],
                      "reason": "; ".join(why),
                      "train_index": dup if dup >= 0 else None, "train_source": t_sources[dup] if dup >= 0 else None,
-                     "phash_bits": int(overlap.duplicate_bits[i]) if dup >= 0 else None})
+                     "phash_bits": int(overlap.duplicate_bits[i]) if dup >= 0 else None,
+                     "mirrored": mirrored if dup >= 0 else None})
     return rows
 
 
@@ -599,12 +775,23 @@ def _reference_pairs(r: st.EmbeddingAudit, h_vec: Vectors | None, train: st.Chun
             for i, qr in enumerate(queries) if near.index[i, 0] >= 0]
 
 
-def _diff(query: np.ndarray, train: np.ndarray, mask: np.ndarray, flipped: bool) -> np.ndarray:
+def _diff(query: np.ndarray, train: np.ndarray, mask: np.ndarray, flipped: bool,
+          shift: tuple[int, int] | None = None) -> np.ndarray:
     q = _unflatten(query[None], mask)
     if flipped:
         q = pp.flip(q)
+    valid = mask
+    if shift is not None and any(shift):
+        # The registered match: the query at x + shift against the training image at x.
+        dy, dx = shift
+        s = mask.shape[0]
+        moved, inside = np.zeros_like(q), np.zeros_like(mask)
+        ys, yd = slice(max(dy, 0), s + min(dy, 0)), slice(max(-dy, 0), s - max(dy, 0))
+        xs, xd = slice(max(dx, 0), s + min(dx, 0)), slice(max(-dx, 0), s - max(dx, 0))
+        moved[:, yd, xd], inside[yd, xd] = q[:, ys, xs], mask[ys, xs]
+        q, valid = moved, mask & inside
     d = np.abs(q[0] - _unflatten(train[None], mask)[0]).mean(-1)
-    return np.where(mask, d, np.nan)
+    return np.where(valid, d, np.nan)
 
 
 def _short(text: str, n: int = 26) -> str:
@@ -628,6 +815,7 @@ def _synthetic_pairs(decision: Decision, r: st.EmbeddingAudit, th: Thresholds, m
             chosen.append((int(s), int(r.synthetic.index[s, 0]), bool(r.synthetic.flipped[s, 0]), r.name, None))
     pairs = []
     for s, t, flipped, emb, flag in chosen:
+        shift = flag.shift if flag is not None and emb == "registered" else None
         img = synth.take_images([s])[0]
         if flipped:
             img = np.ascontiguousarray(img[:, ::-1])
@@ -639,8 +827,9 @@ def _synthetic_pairs(decision: Decision, r: st.EmbeddingAudit, th: Thresholds, m
         what = (emb + ("" if dist is None else f" d = {dist:.3g}") + ("" if ratio is None else f", r = {ratio:.2f}")
                 + ("" if p is None else f"\np = {p:.2g}"))
         pairs.append(Pair(query=img, train=train.take_images([t])[0],
-                          diff=_diff(side.pixels[s], pix.take(np.array([t]))[0], mask, flipped),
+                          diff=_diff(side.pixels[s], pix.take(np.array([t]))[0], mask, flipped, shift),
                           query_title=(f"synthetic #{s}{' (mirrored)' if flipped else ''}"
+                                       + (f", moved {shift[0]}, {shift[1]} px" if shift else "")
                                        + (f"\n{state}" if state else "")),
                           train_title=f"training #{t}\n{_short(t_sources[t])}", diff_title=what))
     return pairs

@@ -15,6 +15,7 @@ from fundus_cli.data import h5
 from fundus_cli.data.quality import phash
 from fundus_cli.errors import FundusError
 from fundus_cli.data.phantoms import quick_fundus
+from fundus_cli.privacy.register import shift_images
 
 # Small and quick: a barely trained encoder still gives exact copies distance 0, and the
 # calibration is valid for any embedding.
@@ -61,18 +62,34 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
         if s == 6:
             image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
         copies[s] = _record(image, mask, source=f"synthetic/{s:03d}.png", patient=f"synthetic-{s}", group=s)
+    # Moved by up to 8 px (the working size is the stored size here), one also mirrored: only
+    # the registered distance finds these (synthetic index -> (training row, (dy, dx), mirrored)).
+    moved = {2: (5, (8, -3), False), 7: (21, (-6, 8), False), 11: (33, (8, 8), True)}
+    shifted = list(null)
+    for s, (t, (dy, dx), mirror) in moved.items():
+        image = shift_images(train[t].image[None], dy, dx)[0]
+        if mirror:
+            image = np.ascontiguousarray(image[:, ::-1])
+        shifted[s] = _record(image, train[t].mask, source=f"synthetic/{s:03d}.png", patient=f"synthetic-{s}", group=s)
     unused = pick(order[75:76])[0]
+    mirrored = np.ascontiguousarray(train[12].image[:, ::-1])
     leaks = [replace(train[10]),  # the very image of a training patient
-             replace(unused, patient=train[20].patient)]  # another image of a training patient
+             replace(unused, patient=train[20].patient),  # another image of a training patient
+             # a training image mirrored, under another patient id: only the mirrored hash finds it
+             replace(train[12], image=mirrored, mask=np.ascontiguousarray(train[12].mask[:, ::-1]),
+                     source="photos/mirrored.jpg", patient="p-unseen", phash=phash(mirrored))]
     return {
         "root": root,
         "train": _write(root / "train.h5", train, split="train", kind="real"),
         "holdout": _write(root / "holdout.h5", hold, split="holdout", kind="real"),
         "null": _write(root / "null.h5", null, split="synthetic", kind="synthetic"),
         "copies": _write(root / "copies.h5", copies, split="synthetic", kind="synthetic"),
+        "shifted": _write(root / "shifted.h5", shifted, split="synthetic", kind="synthetic"),
+        "moved": {s: (train[t].source, shift, mirror) for s, (t, shift, mirror) in moved.items()},
         "leaky_holdout": _write(root / "leaky.h5", hold + leaks, split="holdout", kind="real"),
         "planted": {s: train[t].source for s, t in planted.items()},
-        "leaks": [(len(hold), "duplicate", train[10].source), (len(hold) + 1, "patient", None)],
+        "leaks": [(len(hold), "duplicate", train[10].source), (len(hold) + 1, "patient", None),
+                  (len(hold) + 2, "duplicate of a training image (mirrored)", train[12].source)],
         "n_holdout": len(hold),
     }
 
@@ -117,11 +134,13 @@ def test_disjoint_real_split_as_synthetic_does_not_fail(data, null_run):
     assert res.calibration == "holdout" and res.n_holdout_used == data["n_holdout"] and res.n_holdout_excluded == 0
     report = json.loads(res.report.read_text())
     assert report["decision"]["status"] == res.decision
-    assert set(report["embeddings"]) == {"pixel", "tiled", "learned"}
+    assert set(report["embeddings"]) == {"pixel", "tiled", "learned", "registered"}
     for name, e in report["embeddings"].items():
         assert e["calibration"] == "holdout" and e["n_calibration"] == data["n_holdout"]
         assert abs(e["z_u"]["z"]) < 3 and e["memorization"]["tau"] is not None, name
-        assert e["membership"]["ci_low"] <= e["membership"]["auc"] <= e["membership"]["ci_high"]
+        if name != "registered":  # re-ranked candidates: no membership test of its own
+            assert e["membership"]["ci_low"] <= e["membership"]["auc"] <= e["membership"]["ci_high"]
+    assert report["settings"]["registration"]["max_shift"] == 8
     with h5.open_dataset(data["train"]) as t:
         assert report["inputs"]["train"]["fingerprint"] == t.info.fingerprint
         assert report["inputs"]["train"]["count"] == len(t)
@@ -139,16 +158,33 @@ def test_planted_copies_fail_and_map_to_their_training_sources(data, copies_run)
         assert row["train_source"] == source and row["confirmed"] == "true", row
         assert float(row["distance"]) == pytest.approx(0.0, abs=1e-4) and float(row["ratio"]) < 0.01
         assert row["flipped"] == ("true" if s == 6 else "false")
-        assert row["flagged_in"] == "pixel+tiled+learned" and row["phash_bits"] == "0"
+        assert row["flagged_in"] == "pixel+tiled+learned+registered" and row["phash_bits"] == "0"
         assert float(row["p_value"]) == pytest.approx(1 / (data["n_holdout"] + 1), rel=1e-5)
     # Holdout images that are training images or come from training patients: excluded and reported.
     report = json.loads(res.report.read_text())
-    assert res.n_holdout_excluded == 2 and res.n_holdout_used == data["n_holdout"]
+    assert res.n_holdout_excluded == 3 and res.n_holdout_used == data["n_holdout"]
     excluded = report["holdout_excluded"]
     assert [e["holdout_index"] for e in excluded] == [i for i, _, _ in data["leaks"]]
     for e, (_, why, source) in zip(excluded, data["leaks"]):
         assert why in e["reason"] and e["train_source"] == source and e["source"]
     assert any("confirmed cop" in r for r in report["decision"]["reasons"])
+
+
+def test_copies_moved_by_up_to_8_px_fail_through_the_registered_distance(data):
+    cfg = AuditConfig(train=data["train"], holdout=data["holdout"], synthetic=data["shifted"],
+                      out=data["root"] / "reports" / "shifted", **FAST)
+    res = _audit(cfg)
+    assert res.decision == "FAIL" and set(res.confirmed) == set(data["moved"])
+    rows = {int(r["synthetic_index"]): r for r in _flagged(res.flagged_csv)}
+    for s, (source, (dy, dx), mirror) in data["moved"].items():
+        row = rows[s]
+        assert row["train_source"] == source and row["confirmed"] == "true", row
+        assert row["embedding"] == "registered" and "pixel" not in row["flagged_in"].split("+")
+        assert row["registered_match"] == "true" and float(row["distance"]) < 0.01 and float(row["ratio"]) < 0.05
+        # The (mirrored) synthetic image at x + shift is the training image at x.
+        assert row["shift"] == f"{dy} {dx}" and row["flipped"] == ("true" if mirror else "false")
+    report = json.loads(res.report.read_text())
+    assert any("same fine detail moved by" in r for r in report["decision"]["reasons"])
 
 
 def test_without_holdout_the_audit_is_inconclusive_unless_accepted(data):
@@ -195,8 +231,12 @@ def test_missing_or_invalid_inputs_are_user_errors(data, tmp_path):
     junk.write_text("not a dataset")
     with pytest.raises(FundusError, match="junk.h5"):
         audit_privacy(replace(good, synthetic=junk))
-    with pytest.raises(FundusError, match="valid: pixel, tiled, learned"):
+    with pytest.raises(FundusError, match="valid: pixel, tiled, learned, registered"):
         audit_privacy(replace(good, embeddings="pixel,clip"))
+    with pytest.raises(FundusError, match="give pixel or learned too"):
+        audit_privacy(replace(good, embeddings="registered"))
+    with pytest.raises(FundusError, match="--max-shift 40"):
+        audit_privacy(replace(good, max_shift=40))
     with pytest.raises(FundusError, match="same content"):
         audit_privacy(replace(good, holdout=data["train"]))
     with pytest.raises(FundusError, match="synthetic images"):

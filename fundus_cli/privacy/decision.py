@@ -3,7 +3,10 @@
 FAIL (exit 1) when any of these holds, in any embedding:
   - a confirmed copy: a synthetic image whose conformal p-value is the smallest possible
     and whose ratio r < 1 in at least ``confirm_in`` embeddings, or whose perceptual hash
-    is within ``phash_bits`` bits of a training image's (the ingest's duplicate rule);
+    is within ``phash_bits`` bits of a training image's (the ingest's duplicate rule), or
+    that the registered distance flags and whose fine detail matches its training image's
+    at the registered shift (``registered_match``: the same photograph, moved; the caller
+    checks the detail, as it does for hash matches);
   - Z_U <= z_fail, or C_T <= z_fail (Meehan et al.; both are z-scores);
   - the memorization test p < memorization_p_fail with m - alpha >= memorization_excess_fail;
   - the membership-inference AUC's lower confidence bound > membership_ci_fail.
@@ -74,12 +77,16 @@ class Flag:
     ratio: float | None
     p_value: float | None
     phash_bits: int | None
+    shift: tuple[int, int] | None = None  # (dy, dx) px at the working size, where the registered distance flags it
+    registered_match: bool = False  # fine detail confirms the registered match
 
     def row(self) -> dict[str, Any]:
         """One flagged.csv row (the caller adds the training image's source id and patient)."""
         return {"synthetic_index": self.synthetic, "train_index": self.train_index, "embedding": self.embedding,
                 "distance": self.distance, "flipped": self.flipped, "ratio": self.ratio, "p_value": self.p_value,
-                "confirmed": self.confirmed, "flagged_in": "+".join(self.embeddings), "phash_bits": self.phash_bits}
+                "confirmed": self.confirmed, "flagged_in": "+".join(self.embeddings), "phash_bits": self.phash_bits,
+                "shift": None if self.shift is None else f"{self.shift[0]} {self.shift[1]}",
+                "registered_match": self.registered_match}
 
 
 @dataclass(frozen=True)
@@ -98,12 +105,16 @@ class Decision:
 
 def decide(results: Sequence[EmbeddingAudit], *, phash_bits: np.ndarray | None = None,
            phash_index: np.ndarray | None = None, phash_flipped: np.ndarray | None = None,
-           accept_leave_one_out: bool = False, thresholds: Thresholds = Thresholds()) -> Decision:
+           registered_match: np.ndarray | None = None, accept_leave_one_out: bool = False,
+           thresholds: Thresholds = Thresholds()) -> Decision:
     """Apply the decision rules to the embeddings' statistics.
 
     results: one ``EmbeddingAudit`` per embedding, all on the same synthetic images.
     phash_bits / phash_index / phash_flipped: per synthetic image, from
         ``preprocess.phash_nearest`` against the training hashes (optional).
+    registered_match: bool per synthetic image: the fine detail of the image, moved by the
+        registered shift, matches its registered nearest training image (optional; counts
+        only where the embedding named "registered" flags the image).
     accept_leave_one_out: the user accepts a calibration without holdout (else INCONCLUSIVE).
     """
     th = thresholds
@@ -115,7 +126,7 @@ def decide(results: Sequence[EmbeddingAudit], *, phash_bits: np.ndarray | None =
     fails: list[str] = []
     warns: list[str] = []
 
-    flags = _flags(results, n_s, phash_bits, phash_index, phash_flipped, th)
+    flags = _flags(results, n_s, phash_bits, phash_index, phash_flipped, registered_match, th)
     confirmed = [f for f in flags if f.confirmed]
     if confirmed:
         fails.append(f"{len(confirmed)} confirmed cop{'y' if len(confirmed) == 1 else 'ies'}: "
@@ -177,7 +188,8 @@ def _need(results: Sequence[EmbeddingAudit], th: Thresholds) -> int:
 
 
 def _flags(results: Sequence[EmbeddingAudit], n_s: int, phash_bits: np.ndarray | None,
-           phash_index: np.ndarray | None, phash_flipped: np.ndarray | None, th: Thresholds) -> list[Flag]:
+           phash_index: np.ndarray | None, phash_flipped: np.ndarray | None, registered_match: np.ndarray | None,
+           th: Thresholds) -> list[Flag]:
     flagged = np.stack([r.flagged(ratio=th.ratio) for r in results])  # (E, S)
     hash_hit = np.zeros(n_s, bool)
     if phash_bits is not None:
@@ -185,19 +197,30 @@ def _flags(results: Sequence[EmbeddingAudit], n_s: int, phash_bits: np.ndarray |
         if len(phash_bits) != n_s or phash_index is None or len(phash_index) != n_s:
             raise FundusError("give a perceptual-hash distance and training index per synthetic image")
         hash_hit = phash_bits <= th.phash_bits
+    names = [r.name for r in results]
+    reg = names.index("registered") if "registered" in names else None
+    reg_hit = np.zeros(n_s, bool)
+    if registered_match is not None and reg is not None:
+        if len(registered_match) != n_s:
+            raise FundusError("give one registered-match value per synthetic image")
+        reg_hit = flagged[reg] & np.asarray(registered_match, dtype=bool)
     need = _need(results, th)
     out = []
     for s in np.nonzero(flagged.any(0) | hash_hit)[0]:
         where = [i for i in range(len(results)) if flagged[i, s]]
-        confirmed = len(where) >= need or bool(hash_hit[s])
+        confirmed = len(where) >= need or bool(hash_hit[s]) or bool(reg_hit[s])
         bits = None if phash_bits is None else int(phash_bits[s])
+        shift = None
+        if reg is not None and flagged[reg, s] and results[reg].synthetic.shift is not None:
+            shift = tuple(int(v) for v in results[reg].synthetic.shift[s, 0])
         if where:
             best = min(where, key=lambda i: (results[i].ratio[s], i))
             r = results[best]
             flag = Flag(synthetic=int(s), confirmed=confirmed, embeddings=tuple(results[i].name for i in where),
                         phash_match=bool(hash_hit[s]), train_index=int(r.synthetic.index[s, 0]), embedding=r.name,
                         distance=float(r.synthetic.dcr[s]), flipped=bool(r.synthetic.flipped[s, 0]),
-                        ratio=float(r.ratio[s]), p_value=float(r.p_values[s]), phash_bits=bits)
+                        ratio=float(r.ratio[s]), p_value=float(r.p_values[s]), phash_bits=bits, shift=shift,
+                        registered_match=bool(reg_hit[s]))
         else:
             assert phash_index is not None
             flag = Flag(synthetic=int(s), confirmed=True, embeddings=(), phash_match=True,
@@ -212,6 +235,8 @@ def _why(f: Flag) -> str:
     parts = list(f.embeddings)
     if f.phash_match:
         parts.append(f"phash {f.phash_bits} bits")
+    if f.registered_match and f.shift is not None:
+        parts.append(f"same fine detail moved by {f.shift[0]}, {f.shift[1]} px")
     return ", ".join(parts)
 
 

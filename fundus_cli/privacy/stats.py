@@ -50,6 +50,7 @@ class Nearest:
     index: np.ndarray  # int64 (Q, k) database rows; -1 where none
     flipped: np.ndarray  # bool (Q, k): the distance is the mirrored query's
     part: np.ndarray  # int32 (Q, k): which part (tile) gave the distance
+    shift: np.ndarray | None = None  # int64 (Q, k, 2): (dy, dx) of the registered distance, else None
 
     @property
     def dcr(self) -> np.ndarray:
@@ -57,7 +58,8 @@ class Nearest:
         return self.distance[:, 0]
 
     def take(self, rows: np.ndarray | slice) -> Nearest:
-        return Nearest(self.distance[rows], self.index[rows], self.flipped[rows], self.part[rows])
+        return Nearest(self.distance[rows], self.index[rows], self.flipped[rows], self.part[rows],
+                       None if self.shift is None else self.shift[rows])
 
 
 def nearest(queries: Vectors, database: TrainVectors, *, k: int = 1, flips: bool | None = None,
@@ -574,9 +576,10 @@ class EmbeddingAudit:
     ratio: np.ndarray  # Carlini ratio, per synthetic image
     memorization: MemorizationTest
     data_copying: ZTest
-    cells: CellTest | None  # None for multi-part (tiled) embeddings or too few images
-    dcr_share: float | None  # None without a holdout
-    membership: MembershipTest | None  # None without a holdout
+    cells: CellTest | None  # None for multi-part (tiled) embeddings, the registered distance, or too few images
+    dcr_share: float | None  # None without a holdout (or for the registered distance)
+    membership: MembershipTest | None  # None without a holdout (or for the registered distance)
+    calibration_near: Nearest | None = None  # the calibration images' nearest training images
 
     @property
     def min_p(self) -> float:
@@ -721,7 +724,31 @@ def audit_embedding(name: str, *, train: TrainVectors, synthetic: Vectors, holdo
     return EmbeddingAudit(name=name, calibration="holdout" if holdout is not None else "leave-one-out",
                           synthetic=near_s, calibration_dcr=cal_dcr, calibration_rows=loo_rows, p_values=p_values,
                           ratio=ratio, memorization=mem, data_copying=z_u, cells=cells, dcr_share=share,
-                          membership=membership)
+                          membership=membership, calibration_near=near.take(slice(n_s, None)))
+
+
+def audit_nearest(name: str, *, synthetic: Nearest, calibration: Nearest, calibration_kind: str = "holdout",
+                  calibration_rows: np.ndarray | None = None, settings: AuditSettings = AuditSettings()
+                  ) -> EmbeddingAudit:
+    """The per-image statistics and the set-level tests that need only distances, for a
+    distance found without an embedding search (the registered distance, which re-ranks
+    other embeddings' candidates): p-values, ratio, memorization, Z_U. ``calibration`` must
+    come from the same procedure as ``synthetic``, or the p-values are biased.
+
+    calibration_kind: "holdout" or "leave-one-out" (then ``calibration_rows`` are the
+    training rows used as calibration queries)."""
+    if calibration_kind not in ("holdout", "leave-one-out"):
+        raise ValueError(f"calibration_kind must be 'holdout' or 'leave-one-out', got {calibration_kind!r}")
+    cal_dcr = calibration.dcr
+    if not np.all(np.isfinite(cal_dcr)):
+        raise FundusError(f"{name}: some calibration images have no registered distance to any candidate "
+                          "training image; the audit cannot calibrate")
+    return EmbeddingAudit(name=name, calibration=calibration_kind, synthetic=synthetic, calibration_dcr=cal_dcr,
+                          calibration_rows=calibration_rows, p_values=conformal_p_values(synthetic.dcr, cal_dcr),
+                          ratio=ratio_test(synthetic, scale=settings.ratio_scale),
+                          memorization=memorization_test(synthetic.dcr, cal_dcr, alpha=settings.alpha),
+                          data_copying=data_copying_z(synthetic.dcr, cal_dcr), cells=None, dcr_share=None,
+                          membership=None, calibration_near=calibration)
 
 
 # --------------------------------------------------------------------------- holdout hygiene
@@ -732,27 +759,63 @@ class HoldoutOverlap:
     """Holdout images that would make the calibration unfair, and why."""
 
     keep: np.ndarray  # bool (H,): usable holdout images
-    duplicate_of: np.ndarray  # int64 (H,): training image with a near-identical hash, -1 if none
-    duplicate_bits: np.ndarray  # int64 (H,): its Hamming distance
+    duplicate_of: np.ndarray  # int64 (H,): training image it duplicates, -1 if none
+    duplicate_bits: np.ndarray  # int64 (H,): Hamming distance of their hashes (of the nearest hash if none)
     shared_patient: np.ndarray  # bool (H,): the patient also has training images
+    duplicate_flipped: np.ndarray | None = None  # bool (H,): the mirror image is the duplicate
+    unconfirmed: int = 0  # hash matches that the fine-detail check rejected (look-alikes, kept)
 
 
 def holdout_overlap(holdout_phash: np.ndarray, train_phash: np.ndarray, *,
+                    holdout_phash_flipped: np.ndarray | None = None,
+                    confirm: Callable[[int, int, bool], bool] | None = None,
                     holdout_patients: Sequence[Any] | None = None, train_patients: Sequence[Any] | None = None,
-                    max_bits: int = 4) -> HoldoutOverlap:
-    """Flag holdout images that duplicate a training image (perceptual hashes at most
-    ``max_bits`` apart, the ingest's duplicate rule) or belong to a training patient.
+                    max_bits: int = 4, block: int = 2048) -> HoldoutOverlap:
+    """Flag holdout images that duplicate a training image or belong to a training patient.
 
     Either would put a holdout image at distance ~0 from the training set and make real
-    copies look like chance. Unknown patients ("" or None) never match.
+    copies look like chance. A duplicate is the ingest's (and the synthetic side's) rule: a
+    perceptual hash at most ``max_bits`` from a training image's, of the image or of its
+    mirror image (``holdout_phash_flipped``, ``preprocess.flipped_phashes``), that
+    ``confirm(holdout row, training row, mirrored)`` accepts when given (the fine-detail
+    check: a 64-bit hash of smooth fundus photographs collides for look-alikes, and dropping
+    a look-alike from the calibration would bias it). Every training image within reach is
+    tried, closest hash first, until one is confirmed. Unknown patients ("" or None) never match.
     """
-    from fundus_cli.privacy.preprocess import phash_nearest
+    from fundus_cli.data.quality import hamming_matrix
 
-    bits, index, _ = phash_nearest(np.asarray(holdout_phash), np.asarray(train_phash))
-    dup = bits <= max_bits
-    shared = np.zeros(len(bits), bool)
+    h = np.asarray(holdout_phash, dtype=np.uint64)
+    t = np.asarray(train_phash, dtype=np.uint64)
+    sides = [(h, False)]
+    if holdout_phash_flipped is not None:
+        hf = np.asarray(holdout_phash_flipped, dtype=np.uint64)
+        if hf.shape != h.shape:
+            raise FundusError(f"{hf.shape} mirrored hashes for {h.shape} holdout images; give one per image")
+        sides.append((hf, True))
+    nearest_bits = np.full(len(h), 65, np.int64)
+    # Candidate (holdout, training, mirrored, bits) within reach, found block by block.
+    cand: list[tuple[int, int, int, int]] = []
+    for side, mirrored in sides:
+        for a in range(0, len(h), block):
+            for b in range(0, len(t), block):
+                d = hamming_matrix(side[a:a + block], t[b:b + block]).astype(np.int64)
+                nearest_bits[a:a + len(d)] = np.minimum(nearest_bits[a:a + len(d)], d.min(1) if d.size else 65)
+                ii, jj = np.nonzero(d <= max_bits)
+                cand += [(int(d[i, j]), int(i + a), int(j + b), int(mirrored)) for i, j in zip(ii, jj)]
+    dup = np.full(len(h), -1, np.int64)
+    bits = nearest_bits.copy()
+    flipped = np.zeros(len(h), bool)
+    rejected = np.zeros(len(h), bool)
+    for nb, i, j, mirrored in sorted(cand, key=lambda c: (c[1], c[0], c[3], c[2])):  # per image: closest first
+        if dup[i] >= 0:
+            continue
+        if confirm is None or confirm(i, j, bool(mirrored)):
+            dup[i], bits[i], flipped[i] = j, nb, bool(mirrored)
+        else:
+            rejected[i] = True
+    shared = np.zeros(len(h), bool)
     if holdout_patients is not None and train_patients is not None:
         known = {p for p in train_patients if p is not None and p != ""}
         shared = np.array([p is not None and p != "" and p in known for p in holdout_patients], dtype=bool)
-    return HoldoutOverlap(keep=~dup & ~shared, duplicate_of=np.where(dup, index, -1), duplicate_bits=bits,
-                          shared_patient=shared)
+    return HoldoutOverlap(keep=(dup < 0) & ~shared, duplicate_of=dup, duplicate_bits=bits, shared_patient=shared,
+                          duplicate_flipped=flipped, unconfirmed=int((rejected & (dup < 0)).sum()))

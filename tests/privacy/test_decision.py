@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fundus_cli.data.quality import phash
+from fundus_cli.data.quality import detail_signature, phash
 from fundus_cli.privacy import preprocess as pp
 from fundus_cli.privacy import stats as st
 from fundus_cli.privacy.decision import Thresholds, decide
@@ -186,10 +186,28 @@ def test_holdout_duplicates_of_training_images_are_detected():
     train, holdout = imgs[:20], imgs[20:].copy()
     holdout[4] = train[11]
     holdout[6] = cv2.GaussianBlur(train[2], (3, 3), 0.6)  # a near duplicate
-    ov = st.holdout_overlap(np.array([phash(i) for i in holdout], dtype=np.uint64),
-                            np.array([phash(i) for i in train], dtype=np.uint64), max_bits=4)
-    assert ov.duplicate_of[4] == 11 and ov.duplicate_of[6] == 2
-    assert (~ov.keep).sum() == 2 and not ov.keep[[4, 6]].any()
+    holdout[1] = train[15][:, ::-1]  # a mirrored duplicate: the other eye's orientation, same photograph
+    h_hash = np.array([phash(i) for i in holdout], dtype=np.uint64)
+    t_hash = np.array([phash(i) for i in train], dtype=np.uint64)
+    # A look-alike: distinct phantoms' hashes come within 4 bits for ~0.7 % of pairs; holdout
+    # image 8 is given such a collision with training image 3.
+    h_hash[8] = t_hash[3] ^ np.uint64(0b1011)
+
+    def same_photograph(h: int, t: int, mirrored: bool) -> bool:
+        img = holdout[h][:, ::-1] if mirrored else holdout[h]
+        return float((detail_signature(np.ascontiguousarray(img)) * detail_signature(train[t])).mean()) >= 0.9
+
+    ov = st.holdout_overlap(h_hash, t_hash, holdout_phash_flipped=pp.flipped_phashes(holdout),
+                            confirm=same_photograph, max_bits=4)
+    assert ov.duplicate_of[4] == 11 and ov.duplicate_of[6] == 2 and ov.duplicate_of[1] == 15
+    assert ov.duplicate_flipped[1] and not ov.duplicate_flipped[[4, 6]].any()
+    assert (~ov.keep).sum() == 3 and not ov.keep[[1, 4, 6]].any()
+    assert ov.keep[8] and ov.duplicate_of[8] == -1 and ov.unconfirmed == 1  # the look-alike stays
+    assert ov.duplicate_bits[8] == 3
+    # The hash alone (no mirrored hashes, no confirmation): the mirrored copy slips through and
+    # the look-alike is dropped.
+    plain = st.holdout_overlap(h_hash, t_hash, max_bits=4)
+    assert plain.keep[1] and not plain.keep[8]
 
 
 def test_without_holdout_the_audit_is_inconclusive_unless_accepted(split):
@@ -283,3 +301,27 @@ def test_rule_confirmation_needs_two_embeddings_or_a_hash(clean):
     assert hashed.confirmed == (7,) and hashed.flags[0].embedding == "phash" and hashed.status == "FAIL"
     assert decide(clean, phash_bits=bits, phash_index=np.arange(len(p)),
                   thresholds=Thresholds(phash_bits=2)).status != "FAIL"
+
+
+def test_rule_registered_match_confirms_a_moved_copy(clean):
+    pixel, tiled = clean
+    tiled = dataclasses.replace(tiled, ratio=np.maximum(tiled.ratio, 1.5))
+    n = len(pixel.p_values)
+    p, r = np.full(n, 0.5), np.full(n, 1.8)
+    p[2], r[2] = pixel.min_p, 0.02  # the registered distance alone flags image 2
+    shift = np.zeros((n, 1, 2), np.int64)
+    shift[2, 0] = (8, -3)
+    near = st.Nearest(distance=pixel.synthetic.distance[:, :1], index=pixel.synthetic.index[:, :1],
+                      flipped=pixel.synthetic.flipped[:, :1], part=pixel.synthetic.part[:, :1], shift=shift)
+    registered = dataclasses.replace(pixel, name="registered", synthetic=near, p_values=p, ratio=r, membership=None)
+    alone = decide([pixel, tiled, registered])
+    assert not alone.confirmed and alone.status == "WARN" and any("possible cop" in w for w in alone.warnings)
+    match = np.zeros(n, bool)
+    match[[2, 5]] = True  # 5 is not flagged by the registered distance: a match there means nothing
+    d = decide([pixel, tiled, registered], registered_match=match)
+    assert d.status == "FAIL" and d.confirmed == (2,)
+    flag = d.flags[0]
+    assert flag.embedding == "registered" and flag.shift == (8, -3) and flag.registered_match
+    assert flag.row()["shift"] == "8 -3" and "same fine detail moved by 8, -3 px" in d.reasons[0]
+    # Without the registered distance among the results, a match cannot confirm anything.
+    assert not decide([pixel, tiled], registered_match=match).confirmed
