@@ -334,7 +334,7 @@ def evaluate_cmd(
         for note in r.notes:
             err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
         o = r.realism["overall"]
-        table = Table(title=f"realism vs {real} (n = {o['n_compared']} per side, 95 % CI)", title_justify="left")
+        table = Table(title=f"realism: {o['n_compared']} synthetic (or real training) vs {o['n_real']} images of {real}, 95 % CI", title_justify="left")
         for col in ("metric", "synthetic", "real train (baseline)", "told apart?"):
             table.add_column(col)
         for k, v in o["synthetic"].items():

@@ -69,7 +69,7 @@ def metric_bars(overall: dict[str, Any], path: Path) -> Path:
         ax.set_title(f"{k} ({better})", fontsize=9)
         ax.set_ylabel(k)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"realism vs real holdout (n = {overall['n_compared']} per side, 95 % CI)", fontsize=10)
+    fig.suptitle(f"realism: {overall['n_compared']} synthetic (or real training) vs {overall['n_real']} real holdout images, 95 % CI", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
