@@ -412,12 +412,14 @@ class DatasetReader:
         if idx.size == 0:
             s = self.info.image_size
             return np.zeros((0, s, s, 3), np.uint8)
-        order = np.argsort(idx, kind="stable")
-        uniq, inverse = np.unique(idx[order], return_inverse=True)
-        block = self._file[IMAGES][uniq]
-        out = np.empty((idx.size, *block.shape[1:]), np.uint8)
-        out[order] = block[inverse]
-        return out
+        if idx.min() < 0 or idx.max() >= self.info.count:
+            raise IndexError(f"image index out of range 0..{self.info.count - 1}")
+        # One read per image: h5py's fancy (point-list) selection took 43 ms for 32 random
+        # images of 64 px where 32 single-image reads take under 5 ms (one chunk each).
+        ds = self._file[IMAGES]
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        block = np.stack([ds[int(i)] for i in uniq])
+        return block[inverse.reshape(-1)]
 
     def fov_masks(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         return self._file[FOV_MASK][start:stop].astype(bool)
