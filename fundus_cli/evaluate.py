@@ -160,7 +160,8 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         from fundus_cli.metrics.usefulness import usefulness
 
         useful = usefulness(train.images, train.labels, real.images, real.labels, synth.images, synth.labels,
-                            n_classes=len(real.class_names), seed=cfg.seed, recipe=recipe)
+                            n_classes=len(real.class_names), seed=cfg.seed, recipe=recipe,
+                            trained={"real": extractor.model} if cfg.features == "classifier" else None)
         useful = {"scenarios": useful, "summary": _usefulness_summary(useful), "recipe": recipe.__dict__}
     elif cfg.usefulness:
         why = ("the synthetic set has other classes than the real data" if labelled else

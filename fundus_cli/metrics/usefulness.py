@@ -14,6 +14,7 @@ the test images.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,8 +151,13 @@ def stratified_subset(labels: np.ndarray, fraction: float, *, seed: int) -> np.n
 
 def usefulness(real_images: np.ndarray, real_labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray,
                synth_images: np.ndarray, synth_labels: np.ndarray, *, n_classes: int, seed: int = 0,
-               recipe: Recipe = Recipe(), scenarios: tuple[str, ...] = SCENARIOS) -> dict[str, dict]:
-    """Train one classifier per scenario, test each on the real holdout; numbers with CIs."""
+               recipe: Recipe = Recipe(), scenarios: tuple[str, ...] = SCENARIOS,
+               trained: dict[str, Any] | None = None) -> dict[str, dict]:
+    """Train one classifier per scenario, test each on the real holdout; numbers with CIs.
+
+    `trained` maps a scenario to a classifier already trained on its set with this seed and
+    recipe (e.g. `--features classifier`'s "real" one), which is used instead of training again.
+    """
     sub = stratified_subset(real_labels, 0.25, seed=seed)
     sets = {
         "real": (real_images, real_labels),
@@ -164,7 +170,7 @@ def usefulness(real_images: np.ndarray, real_labels: np.ndarray, test_images: np
     out: dict[str, dict] = {}
     for name in scenarios:
         x, y = sets[name]
-        model = train_classifier(x, y, n_classes=n_classes, seed=seed, recipe=recipe)
+        model = (trained or {}).get(name) or train_classifier(x, y, n_classes=n_classes, seed=seed, recipe=recipe)
         proba = predict_proba(model, test_images, size=recipe.size)
         out[name] = {"train_images": int(len(x)), **with_ci(proba, test_labels, seed=seed)}
     return out
