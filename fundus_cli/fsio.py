@@ -75,3 +75,87 @@ def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# Folder locks: one writer per output folder
+
+LOCK_NAME = ".fundus.lock"
+
+
+def _holder(lock: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _describe_holder(info: dict[str, Any]) -> str:
+    pid, host = info.get("pid"), info.get("host")
+    since, command = info.get("since"), info.get("command")
+    parts = [f"pid {pid}" if isinstance(pid, int) else "an unknown process",
+             f"on host {host}" if isinstance(host, str) and host else ""]
+    if isinstance(command, str) and command:
+        parts.append(f"({command}")
+        parts[-1] += f", since {since})" if isinstance(since, str) else ")"
+    return " ".join(p for p in parts if p)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, *, command: str) -> Iterator[dict[str, Any]]:
+    """Hold an exclusive lock on `folder` while one command writes into it.
+
+    The lock is a kernel `flock` on `folder/.fundus.lock`, so it disappears with the process
+    that held it (kill -9 and power cuts included): a lock file left by a dead process is
+    taken over at once, without guessing from pids whether its owner is alive. The file's
+    content (pid, host, command) only serves to name the holder in the refusal. Yields
+    what the previous, dead holder wrote ({} when there was none).
+    """
+    import fcntl
+    import socket
+    from datetime import datetime, timezone
+
+    from fundus_cli.errors import FundusError
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            info = _holder(lock)
+            raise FundusError(
+                f"{folder} is in use by another fundus-cli command: {_describe_holder(info)}. Wait for it to "
+                f"finish, or write elsewhere with --out. (If that process is gone, {lock} is freed "
+                "automatically; a lock on a network file system may need deleting by hand.)") from None
+        except OSError:
+            os.close(fd)
+            raise
+        # The holder before us may have unlinked the file between our open and our lock:
+        # then we hold a lock on a deleted inode and must start again on the new file.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    previous = _holder(lock)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+          "since": datetime.now(timezone.utc).replace(microsecond=0).isoformat()}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
+    try:
+        yield previous
+    finally:
+        # Unlink before unlocking, so that a waiter never locks a file that is about to vanish
+        # (it checks the inode after locking, above).
+        try:
+            lock.unlink()
+        except OSError:
+            pass
+        os.close(fd)

@@ -36,7 +36,7 @@ from fundus_cli.data.quality import (DUP_CORRELATION, detail_signature, duplicat
                                      quality_failures, quality_measures)
 from fundus_cli.data.split import split_holdout, split_units
 from fundus_cli.errors import FundusError
-from fundus_cli.fsio import atomic_path, write_json_atomic
+from fundus_cli.fsio import atomic_path, folder_lock, write_json_atomic
 from fundus_cli.progress import track
 
 STAGING_DIR = ".ingest-staging"
@@ -172,13 +172,18 @@ def _staging_key(cfg: IngestConfig) -> dict[str, Any]:
 
 
 def _load_staging(staging: Path, key: dict[str, Any]) -> tuple[list[Path], dict[str, dict[str, Any]]]:
-    """Completed shards and what each processed file became, if the staging matches `key`."""
+    """Completed shards and what each processed file became, if the staging matches `key`.
+
+    A shard whose JSON and HDF5 parts do not describe each other (e.g. written by two ingests
+    that ran at once before the folder lock existed, or an HDF5 part replaced by hand) is
+    deleted, so its files are processed again instead of being attached to the wrong image.
+    """
     manifest = staging / "manifest.json"
     if not manifest.exists():
         return [], {}
     try:
         saved = json.loads(manifest.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         saved = None
     if saved != key:
         shutil.rmtree(staging, ignore_errors=True)
@@ -189,14 +194,39 @@ def _load_staging(staging: Path, key: dict[str, Any]) -> tuple[list[Path], dict[
         h5_path = meta_path.with_suffix(".h5")
         try:
             meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # written atomically, so this is foreign junk: ignore it
-        if meta.get("accepted") and not h5_path.exists():
+        except (OSError, ValueError):
+            meta = None
+        if not _shard_verifies(meta, h5_path):
+            meta_path.unlink(missing_ok=True)
+            h5_path.unlink(missing_ok=True)
             continue
         shards.append(meta_path)
-        for entry in meta.get("files", []):
+        for entry in meta["files"]:
             done[entry["rel"]] = entry
     return shards, done
+
+
+def _shard_verifies(meta: Any, h5_path: Path) -> bool:
+    """Do a shard's JSON and HDF5 parts come from the same writer and list the same files?"""
+    try:
+        files, accepted = meta["files"], int(meta["accepted"])
+        if not isinstance(files, list) or not all(isinstance(e, dict) and isinstance(e.get("rel"), str)
+                                                  and isinstance(e.get("ok"), bool) for e in files):
+            return False
+        rows = [(e["row"], e["rel"]) for e in files if e["ok"]]
+        if sorted(r for r, _ in rows) != list(range(accepted)):
+            return False
+        if accepted == 0:
+            return True
+        if not h5_path.is_file():
+            return False
+        with h5.open_dataset(h5_path) as r:
+            if r.info.count != accepted or r.info.fingerprint != meta.get("fingerprint"):
+                return False
+            sources = r.sources()
+        return all(sources[row] == rel for row, rel in rows)
+    except (FundusError, KeyError, TypeError, ValueError, IndexError, OSError):
+        return False
 
 
 class _ShardWriter:
@@ -233,11 +263,15 @@ class _ShardWriter:
     def commit(self) -> None:
         if not self.files:
             return
+        fingerprint = None
         if self.writer is not None:
             self.writer.__exit__(None, None, None)
+            fingerprint = self.writer.fingerprint
             self.writer = None
-        # The JSON is written last: it is the mark that the shard is complete.
-        write_json_atomic(self._path(".json"), {"accepted": self.accepted, "files": self.files})
+        # The JSON is written last: it is the mark that the shard is complete. The HDF5 part's
+        # fingerprint in it ties the two parts together (checked on resume).
+        write_json_atomic(self._path(".json"), {"accepted": self.accepted, "fingerprint": fingerprint,
+                                                "files": self.files})
         self.index += 1
         self.files = []
         self.accepted = 0
@@ -360,7 +394,20 @@ def ingest(cfg: IngestConfig) -> IngestResult:
         raise FundusError(f"{raw}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}){what}. "
                           "Point ingest at the folder that holds the photographs.")
 
-    out.mkdir(parents=True, exist_ok=True)
+    # One ingest per output folder: two at once would mix each other's staging shards.
+    with folder_lock(out, command="fundus ingest"):
+        existing = [p for p in (train_path, holdout_path, report_path) if p.exists()]
+        if existing and not cfg.force:
+            raise FundusError(f"{existing[0]} already exists. Use --force to overwrite it, or --out to write "
+                              "elsewhere.")
+        return _ingest_locked(cfg, t0=t0, rels=rels, ignored=ignored, thresholds=thresholds, rx=rx,
+                              map_path=map_path)
+
+
+def _ingest_locked(cfg: IngestConfig, *, t0: float, rels: list[str], ignored: list[str], thresholds: Any, rx: Any,
+                   map_path: Path) -> IngestResult:
+    raw, out = Path(cfg.raw), Path(cfg.out)
+    train_path, holdout_path, report_path = out / "train.h5", out / "holdout.h5", out / "ingest-report.json"
     staging = out / STAGING_DIR
     key = _staging_key(cfg)
     shard_metas, done = _load_staging(staging, key)
