@@ -303,6 +303,48 @@ def _attr_json(path: Path, attrs: Any, key: str, kind: type) -> Any:
     return value
 
 
+def _check_plain_storage(path: Path, f: h5py.File, name: str) -> None:
+    """Refuse `name` unless it, and every group on the way to it, is stored inside this file.
+
+    HDF5 can make a dataset read its bytes from elsewhere: an external link to another file,
+    a soft link, raw data in external files (`external=`), or a virtual dataset mapping other
+    files. Followed blindly, any of them lets a crafted dataset make `fundus report` embed an
+    arbitrary local file as image pixels. The writer never makes any of them, so refusing
+    them costs nothing legitimate.
+    """
+    parts = name.split("/")
+    group: Any = f
+    for i, part in enumerate(parts):
+        sub = "/".join(parts[: i + 1])
+        link = group.get(part, getlink=True)
+        if link is None:
+            return  # missing: the caller says so
+        if isinstance(link, h5py.ExternalLink):
+            raise FundusError(f"{path}: '{sub}' is a link to another file ({link.filename}); fundus-cli reads only "
+                              "data stored inside the dataset file itself. Re-create the file with `fundus ingest` "
+                              "or `fundus sample`.")
+        if not isinstance(link, h5py.HardLink):
+            raise FundusError(f"{path}: '{sub}' is a {type(link).__name__} ({getattr(link, 'path', '')}); "
+                              "fundus-cli reads only data stored inside the dataset file itself. Re-create the "
+                              "file with `fundus ingest` or `fundus sample`.")
+        obj = group[part]
+        if isinstance(obj, h5py.Dataset):
+            if obj.is_virtual:
+                raise FundusError(f"{path}: '{sub}' is a virtual dataset (its data comes from other files); "
+                                  "fundus-cli reads only data stored inside the dataset file itself. Re-create "
+                                  "the file with `fundus ingest` or `fundus sample`.")
+            dcpl = obj.id.get_create_plist()
+            if dcpl.get_external_count():
+                first = dcpl.get_external(0)[0]
+                first = first.decode("utf-8", "backslashreplace") if isinstance(first, bytes) else str(first)
+                raise FundusError(f"{path}: '{sub}' keeps its data in external files (e.g. {first}); "
+                                  "fundus-cli reads only data "
+                                  "stored inside the dataset file itself. Re-create the file with `fundus ingest` "
+                                  "or `fundus sample`.")
+            return
+        group = obj
+
+
 class DatasetReader:
     """A validated, read-only view of a dataset file. Use as a context manager."""
 
@@ -359,6 +401,7 @@ class DatasetReader:
         }
         expected.update({f"{QUALITY_GROUP}/{q}": ((count,), np.float32) for q in QUALITY_COLUMNS})
         for name, (shape, dtype) in expected.items():
+            _check_plain_storage(path, f, name)
             if name not in f or not isinstance(f[name], h5py.Dataset):
                 raise _bad(path, f"dataset '{name}' is missing")
             ds = f[name]
