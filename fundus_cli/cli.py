@@ -459,9 +459,12 @@ def report_cmd(
     _say(f"read  {folder} ({r.datasets} datasets, {r.runs} runs, {r.evaluations} evaluations, {r.audits} audits)")
     for line in r.missing:
         _say(f"[yellow]not there yet:[/] {escape(line)}")
+    if r.verdict is not None:
+        # The exit code stays 0 whatever the verdicts: the report is a view; audit-privacy is the gate.
+        _say(f"most severe privacy verdict here: {r.verdict}")
     _say(f"wrote {r.out}")
     _emit(r.out, {"report": r.out, "datasets": r.datasets, "runs": r.runs, "evaluations": r.evaluations,
-                  "audits": r.audits, "verdicts": r.verdicts, "missing": r.missing}, as_json)
+                  "audits": r.audits, "verdict": r.verdict, "verdicts": r.verdicts, "missing": r.missing}, as_json)
 
 
 @command("demo", "Whole pipeline on built-in photographs -> OUT_DIR/report.html.  e.g. fundus demo demo")

@@ -61,7 +61,8 @@ class ReportResult:
     runs: int
     evaluations: int
     audits: int
-    verdicts: dict[str, str]  # synthetic dataset (path) -> privacy verdict
+    verdicts: dict[str, str]  # synthetic dataset (path) -> its most severe privacy verdict
+    verdict: str | None = None  # the most severe privacy verdict in the folder (None: nothing audited)
     missing: list[str] = field(default_factory=list)  # parts not there yet, with the command that makes them
 
 
@@ -92,11 +93,15 @@ class _Run:
 
 @dataclass
 class _SynthSet:
-    key: str  # fingerprint (or path when a report lacks one)
-    path: str  # as recorded
+    """One synthetic dataset file and the reports made on it. A report whose file is not here (or has
+    changed since) gets a set of its own, so that its verdict is still shown and counted."""
+
+    key: str  # the file's resolved path, or "fingerprint|recorded path" for a file that is not here
+    path: str  # the file's path, or as recorded in the report
     dataset: _Dataset | None
     evaluations: list[_Json] = field(default_factory=list)
     audits: list[_Json] = field(default_factory=list)
+    changed: bool = False  # the recorded file is here but its fingerprint differs: the reports describe an older file
 
 
 @dataclass
@@ -331,37 +336,104 @@ def _grid_png(images: np.ndarray) -> str:
 
 
 def _synthetic_sets(p: _Project) -> list[_SynthSet]:
-    sets: dict[str, _SynthSet] = {}
+    """One set per synthetic dataset file, each with the reports made on that very file.
+
+    Reports are matched by the path they record and checked by fingerprint; the fingerprint alone
+    decides only when it names one file here. Two files can share a fingerprint (a copy edited in
+    place keeps its attributes), and merging them would let one file's PASS hide the other's FAIL."""
+    files: dict[str, _SynthSet] = {}
     for d in p.datasets:
         if d.info.kind == "synthetic":
-            sets[d.info.fingerprint] = _SynthSet(d.info.fingerprint, str(d.path), d)
+            key = str(d.path.resolve())
+            files[key] = _SynthSet(key, str(d.path), d)
+    others: dict[str, _SynthSet] = {}
     for kind, items in (("evaluations", p.evaluations), ("audits", p.audits)):
         for j in items:
             fp = _get(j.data, "inputs", "synthetic", "fingerprint")
             path = _get(j.data, "inputs", "synthetic", "path")
-            key = fp if isinstance(fp, str) else f"path:{path}"
-            if key not in sets:
-                sets[key] = _SynthSet(key, path if isinstance(path, str) else "?", None)
-            getattr(sets[key], kind).append(j)
-    return sorted(sets.values(), key=lambda s: s.path)
+            target, changed = _match_file(j, fp, path, files, p.root)
+            if target is None:
+                key = f"{fp}|{path}"
+                target = others.setdefault(key, _SynthSet(key, path if isinstance(path, str) else "?", None,
+                                                          changed=changed))
+            getattr(target, kind).append(j)
+    return sorted(files.values(), key=lambda s: s.path) + sorted(others.values(), key=lambda s: s.path)
+
+
+def _match_file(j: _Json, fp: Any, path: Any, files: dict[str, _SynthSet], root: Path) -> tuple[_SynthSet | None, bool]:
+    """The dataset file a report was made on, and whether the recorded file is here but has changed."""
+    by_path = None
+    if isinstance(path, str) and path:
+        # The recorded path is relative to where the command ran: usually the project folder, which
+        # holds reports/<name>/report.json.
+        for base in (root, j.path.parent.parent.parent, Path.cwd()):
+            try:
+                key = str((base / path).resolve())
+            except (OSError, ValueError, RuntimeError):
+                continue
+            if key in files:
+                by_path = files[key]
+                break
+    if by_path is not None:
+        assert by_path.dataset is not None
+        if not isinstance(fp, str) or by_path.dataset.info.fingerprint == fp:
+            return by_path, False
+        return None, True
+    same = [s for s in files.values() if s.dataset is not None and isinstance(fp, str)
+            and s.dataset.info.fingerprint == fp]
+    if len(same) > 1 and isinstance(path, str):
+        same = [s for s in same if Path(s.path).name == Path(path).name]
+    return (same[0] if len(same) == 1 else None), False
 
 
 def _dataset_by_fp(p: _Project, fp: Any) -> _Dataset | None:
     return next((d for d in p.datasets if isinstance(fp, str) and d.info.fingerprint == fp), None)
 
 
-def _set_title(s: _SynthSet, p: _Project) -> str:
+def _run_of(s: _SynthSet, p: _Project) -> _Run | None:
     prov = s.dataset.info.provenance if s.dataset is not None else {}
-    arch = prov.get("arch")
-    run = next((r for r in p.runs if r.checkpoint_sha256 and r.checkpoint_sha256 == prov.get("checkpoint_fingerprint")),
-               None)
-    what = f"{str(arch).upper()} model" if isinstance(arch, str) else "synthetic images"
-    return f"{what}: {_rel(s.path, p.root)}" + (f" (from {_rel(str(run.dir), p.root)})" if run else "")
+    fp = prov.get("checkpoint_fingerprint") if isinstance(prov, dict) else None
+    return next((r for r in p.runs if r.checkpoint_sha256 and r.checkpoint_sha256 == fp), None)
+
+
+def _file_name(s: _SynthSet, p: _Project) -> str:
+    if s.dataset is None:
+        return f"{_rel(s.path, p.root)} (" + ("changed since it was reported on" if s.changed
+                                               else "file not here") + ")"
+    return _rel(s.path, p.root)
+
+
+def _model_name(s: _SynthSet, p: _Project) -> str:
+    prov = s.dataset.info.provenance if s.dataset is not None else {}
+    arch = prov.get("arch") if isinstance(prov, dict) else None
+    run = _run_of(s, p)
+    what = f"{str(arch).upper()} model" if isinstance(arch, str) else "synthetic images of unknown origin"
+    return what + (f" from {_rel(str(run.dir), p.root)}" if run else "")
+
+
+def _set_title(s: _SynthSet, p: _Project) -> str:
+    return f"{_model_name(s, p)}: {_file_name(s, p)}"
 
 
 def _verdict(audit: _Json | None) -> str | None:
     status = _get(audit.data, "decision", "status") if audit else None
     return status if isinstance(status, str) else None
+
+
+# FAIL > INCONCLUSIVE > WARN > PASS; a status this version does not know ranks as INCONCLUSIVE:
+# the page cannot say it is safe.
+_SEVERITY = {"PASS": 0, "WARN": 1, "INCONCLUSIVE": 2, "FAIL": 3}
+
+
+def _worst(statuses: Any) -> str | None:
+    """The most severe of some verdicts (None: no verdict at all)."""
+    found = [v for v in statuses if isinstance(v, str)]
+    return max(found, key=lambda v: _SEVERITY.get(v, 2)) if found else None
+
+
+def _set_verdict(s: _SynthSet) -> str | None:
+    """A file audited more than once (other settings, other folders) shows its most severe verdict."""
+    return _worst(_verdict(a) for a in s.audits)
 
 
 def _badge(status: str | None) -> str:
@@ -371,23 +443,60 @@ def _badge(status: str | None) -> str:
     return f"<span class='badge {cls}'>{_e(status)}</span>"
 
 
-def _glance(p: _Project, sets: list[_SynthSet]) -> str:
-    rows = []
+def _groups(sets: list[_SynthSet], p: _Project) -> list[tuple[str, list[_SynthSet]]]:
+    """Synthetic files grouped by the model (checkpoint) they were sampled from, in first-seen order."""
+    groups: dict[str, tuple[str, list[_SynthSet]]] = {}
     for s in sets:
-        ev = s.evaluations[-1] if s.evaluations else None
-        au = s.audits[-1] if s.audits else None
-        told = _dict(_get(ev.data, "realism", "overall", "distinguishable")) if ev else {}
-        realism = (f"{sum(1 for v in told.values() if v is True)} of {len(told)} metrics tell them apart"
-                   if told else ("evaluated, no baseline" if ev else "not evaluated"))
-        tstr = _get(ev.data, "usefulness", "summary", "tstr_over_trtr_balanced_accuracy") if ev else None
-        n = (s.dataset.info.count if s.dataset else _get(ev.data, "inputs", "synthetic", "images") if ev
-             else _get(au.data, "inputs", "synthetic", "count") if au else None)
-        rows.append([_e(_set_title(s, p)), _i(n), _e(realism), _f(tstr, ".2f"), _badge(_verdict(au))])
-    if not rows:
+        prov = s.dataset.info.provenance if s.dataset is not None else {}
+        fp = prov.get("checkpoint_fingerprint") if isinstance(prov, dict) else None
+        key = fp if isinstance(fp, str) else f"file:{s.key}"
+        groups.setdefault(key, (_model_name(s, p), []))[1].append(s)
+    return list(groups.values())
+
+
+def _glance(p: _Project, sets: list[_SynthSet]) -> str:
+    if not sets:
         return ""
-    return ("<section><h2>At a glance</h2>" + _table(
-        ["synthetic set", "images", "realism vs real holdout", "usefulness (synthetic / real balanced accuracy)",
-         "privacy"], rows) + "</section>")
+    body = []
+    for model, members in _groups(sets, p):
+        worst = _worst(_set_verdict(s) for s in members)
+        n_audited = sum(1 for s in members if s.audits)
+        summary = (f"most severe of {len(members)} files" if len(members) > 1 else "1 file")
+        if n_audited < len(members):
+            summary += f"; {len(members) - n_audited} not audited"
+        body.append(f"<tr class=group><td colspan=4><b>{_e(model)}</b> <span class=ci>({_e(summary)})</span></td>"
+                    f"<td>{_badge(worst)}</td></tr>")
+        for s in members:
+            ev = s.evaluations[-1] if s.evaluations else None
+            au = s.audits[-1] if s.audits else None
+            told = _dict(_get(ev.data, "realism", "overall", "distinguishable")) if ev else {}
+            realism = (f"{sum(1 for v in told.values() if v is True)} of {len(told)} metrics tell them apart"
+                       if told else ("evaluated, no baseline" if ev else "not evaluated"))
+            tstr = _get(ev.data, "usefulness", "summary", "tstr_over_trtr_balanced_accuracy") if ev else None
+            n = (s.dataset.info.count if s.dataset else _get(ev.data, "inputs", "synthetic", "images") if ev
+                 else _get(au.data, "inputs", "synthetic", "count") if au else None)
+            cells = [f"<span class=member>{_e(_file_name(s, p))}</span>", _i(n), _e(realism), _f(tstr, ".2f"),
+                     _badge(_set_verdict(s))]
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{_e(h)}</th>" for h in (
+        "synthetic dataset file, by model", "images", "realism vs real holdout",
+        "usefulness (synthetic / real balanced accuracy)", "privacy"))
+    return ("<section><h2>At a glance</h2><p>One row per synthetic dataset file; a model's row shows the most "
+            "severe privacy verdict of its files (FAIL, then INCONCLUSIVE, WARN, PASS).</p>"
+            f"<table class=glance><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></section>")
+
+
+def _headline(sets: list[_SynthSet], p: _Project) -> str:
+    """The folder's most severe privacy verdict, for the page header."""
+    worst = _worst(_set_verdict(s) for s in sets)
+    if worst is None:
+        return ("<p class=headline>Privacy: <span class='badge none'>no audit</span> no synthetic file here has "
+                "been audited yet.</p>" if sets else "")
+    which = [_file_name(s, p) for s in sets if _set_verdict(s) == worst]
+    audited = sum(1 for s in sets if s.audits)
+    return (f"<p class=headline>Most severe privacy verdict in this folder: {_badge(worst)} "
+            f"{_e(', '.join(which))} ({len(which)} of {audited} audited synthetic "
+            f"file{'s' if audited != 1 else ''}). {_e(_MEANING.get(worst, ''))}</p>")
 
 
 def _datasets_section(p: _Project) -> str:
@@ -765,11 +874,13 @@ figcaption{font-size:.88em;color:#4a535c}
 code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em}
 code.cmd{background:#f0f2f5;padding:1px 5px;border-radius:4px}
 details{margin:6px 0}summary{cursor:pointer;color:#1f3a5f}
+header p.headline{margin-top:10px;opacity:1;font-size:1.1em}header .badge{margin-right:6px}
+tr.group td{background:#f7f8fa}span.member{padding-left:18px;display:inline-block}
 """
 
 
 def render(p: _Project) -> tuple[str, dict[str, str], list[str]]:
-    """The page, the privacy verdict per synthetic set, and the parts that are missing."""
+    """The page, the privacy verdict per synthetic file (its most severe), and the parts that are missing."""
     sets = _synthetic_sets(p)
     missing = []
     if not p.datasets:
@@ -783,10 +894,10 @@ def render(p: _Project) -> tuple[str, dict[str, str], list[str]]:
             missing.append(f"privacy audit of {_rel(s.path, p.root)}: run `fundus audit-privacy --synthetic {s.path}`")
     if not sets and p.datasets:
         missing.append("synthetic images: run `fundus sample`")
-    verdicts = {_rel(s.path, p.root): v for s in sets if (v := _verdict(s.audits[-1] if s.audits else None))}
+    verdicts = {_file_name(s, p): v for s in sets if (v := _set_verdict(s))}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [f"<header><h1>Synthetic fundus photographs: report</h1><p>{_e(p.root.resolve())} &middot; made {_e(now)} "
-            f"by fundus-cli {_e(__version__)}</p></header><main>"]
+            f"by fundus-cli {_e(__version__)}</p>{_headline(sets, p)}</header><main>"]
     if missing:
         body.append("<section><h2>Not here yet</h2><ul>" + "".join(f"<li>{_e(m)}</li>" for m in missing)
                     + "</ul></section>")
@@ -825,9 +936,11 @@ def write_report(source: Path, *, out: Path | None = None) -> ReportResult:
                           f"{root}` for a complete example, or in a project folder `fundus ingest RAW_DIR`, "
                           "`fundus train`, `fundus sample`, `fundus evaluate` and `fundus audit-privacy` first.")
     page, verdicts, missing = render(p)
+    worst = _worst(verdicts.values())
     out_path = Path(out) if out is not None else root / "report.html"
     if out_path.is_dir():
         raise FundusError(f"--out {out_path} is a folder; give the path of the .html file to write.")
     write_text_atomic(out_path, page)
     return ReportResult(out=out_path, root=root, datasets=len(p.datasets), runs=len(p.runs),
-                        evaluations=len(p.evaluations), audits=len(p.audits), verdicts=verdicts, missing=missing)
+                        evaluations=len(p.evaluations), audits=len(p.audits), verdicts=verdicts, verdict=worst,
+                        missing=missing)

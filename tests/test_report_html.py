@@ -242,3 +242,69 @@ def test_renders_in_a_headless_browser(project: Path, tmp_path: Path) -> None:
     assert (np.abs(header - [95, 58, 31]).sum(1) < 30).mean() > 0.5  # #1f3a5f in BGR
     red = np.abs(img.reshape(-1, 3).astype(int) - [30, 38, 179]).sum(1) < 30  # #b3261e in BGR
     assert red.sum() > 100
+
+
+def _audit_of(root: Path, file: str, status: str) -> dict:
+    rep = _audit_report(root, status)
+    rep["inputs"]["synthetic"]["path"] = f"data/{file}"
+    rep["decision"] |= {"exit_code": {"PASS": 0, "FAIL": 1}[status],
+                        "reasons": [f"3 confirmed copies in {file}"] if status == "FAIL" else [],
+                        "warnings": []}
+    return rep
+
+
+@pytest.mark.parametrize("leaky_audit", ["audit-leaky", "audit-z-leaky"])
+def test_at_a_glance_never_hides_a_fail(project: Path, leaky_audit: str) -> None:
+    # Two synthetic files from one checkpoint: leaky.h5 is a copy of synthetic.h5 edited in place, so it
+    # even keeps the same fingerprint attribute (the case of issue 14). Its audit FAILs; the other PASSes.
+    shutil.copy(project / "data" / "synthetic.h5", project / "data" / "leaky.h5")
+    assert _fingerprint(project / "data" / "leaky.h5") == _fingerprint(project / "data" / "synthetic.h5")
+    (project / "reports" / "audit-privacy" / "report.json").write_text(
+        json.dumps(_audit_of(project, "synthetic.h5", "PASS")))
+    (project / "reports" / leaky_audit).mkdir()
+    (project / "reports" / leaky_audit / "report.json").write_text(json.dumps(_audit_of(project, "leaky.h5", "FAIL")))
+    res = CliRunner().invoke(app, ["report", str(project), "--json"])
+    assert res.exit_code == 0, res.stderr  # a view, not a gate
+    summary = json.loads(res.stdout)
+    assert summary["verdict"] == "FAIL"
+    assert summary["verdicts"] == {"data/leaky.h5": "FAIL", "data/synthetic.h5": "PASS"}
+    page = (project / "report.html").read_text()
+    header = page[page.index("<header>"):page.index("</header>")]
+    assert "<span class='badge FAIL'>FAIL</span>" in header and "data/leaky.h5" in header
+    assert "PASS" not in header
+    glance = page[page.index("<h2>At a glance</h2>"):]
+    glance = glance[:glance.index("</section>")]
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", glance)[1:]  # after the header row
+    assert len(rows) == 3  # the model, then one row per file
+    assert "GAN model from runs/gan" in rows[0] and "<span class='badge FAIL'>FAIL</span>" in rows[0]
+    by_file = {re.search(r"class=member>([^<]*)<", r).group(1): r for r in rows[1:]}
+    assert "<span class='badge FAIL'>FAIL</span>" in by_file["data/leaky.h5"]
+    assert "<span class='badge PASS'>PASS</span>" in by_file["data/synthetic.h5"]
+    # Each file's section shows its own audit only.
+    sections = re.findall(r"<section><h2>GAN model from runs/gan: (data/[a-z]+\.h5)</h2>(.*?)</section>", page)
+    assert {f: ("3 confirmed copies" in body) for f, body in sections} == {"data/leaky.h5": True,
+                                                                              "data/synthetic.h5": False}
+
+
+def test_severity_order_and_reports_on_files_not_here(project: Path) -> None:
+    from fundus_cli.report_html import _worst
+
+    assert _worst(["PASS", "WARN", "INCONCLUSIVE"]) == "INCONCLUSIVE"
+    assert _worst(["WARN", "FAIL", "INCONCLUSIVE", "PASS"]) == "FAIL"
+    assert _worst(["PASS", "WARN"]) == "WARN" and _worst([]) is None
+    assert _worst(["PASS", "SOMETHING NEW"]) == "SOMETHING NEW"  # unknown: never summarised as PASS
+    # An audit of a file that is no longer here still counts, and so does one of an older version of
+    # a file that has since been rewritten (its fingerprint differs).
+    gone = _audit_of(project, "synthetic.h5", "FAIL")
+    gone["inputs"]["synthetic"] |= {"path": "data/gone.h5", "fingerprint": "0" * 64}
+    (project / "reports" / "audit-gone").mkdir()
+    (project / "reports" / "audit-gone" / "report.json").write_text(json.dumps(gone))
+    old = _audit_of(project, "synthetic.h5", "PASS")
+    old["inputs"]["synthetic"]["fingerprint"] = "1" * 64
+    (project / "reports" / "audit-privacy" / "report.json").write_text(json.dumps(old))
+    r = write_report(project)
+    assert r.verdict == "FAIL"
+    assert r.verdicts == {"data/gone.h5 (file not here)": "FAIL",
+                          "data/synthetic.h5 (changed since it was reported on)": "PASS"}
+    page = r.out.read_text()
+    assert "data/synthetic.h5 (changed since it was reported on)" in page
