@@ -522,10 +522,20 @@ def _datasets_section(p: _Project) -> str:
                    "by patient.</p>")
         if rej:
             out.append(_details(f"{len(rej)} rejected files", _table(
-                ["file", "reason"], [[_e(_get(r, "path") or _get(r, "file")), _e(_get(r, "reason"))]
-                                     for r in rej[:200]])))
+                ["file", "reason"], [[_e(_rejected_name(r)), _e(_get(r, "reason"))] for r in rej[:200]])))
     out.append("</section>")
     return "".join(out)
+
+
+def _rejected_name(row: Any) -> str:
+    """The file of a rejected-files row: the ingest report writes `source` (the path inside the raw
+    folder, or its pseudonym); `path` and `file` are read too so that a renamed key does not silently
+    blank the column again."""
+    for key in ("source", "path", "file"):
+        v = _get(row, key)
+        if isinstance(v, str) and v:
+            return v
+    return "(not recorded)"
 
 
 def _grids(s: _SynthSet, p: _Project) -> str:

@@ -308,3 +308,22 @@ def test_severity_order_and_reports_on_files_not_here(project: Path) -> None:
                           "data/synthetic.h5 (changed since it was reported on)": "PASS"}
     page = r.out.read_text()
     assert "data/synthetic.h5 (changed since it was reported on)" in page
+
+
+def test_rejected_files_are_named(raw_copy: Path, tmp_path: Path) -> None:
+    # A real ingest with files it must reject: the report's table names each of them (issue 12, item 13).
+    from fundus_cli.data.ingest import IngestConfig, ingest
+
+    (raw_copy / "broken-photo.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (raw_copy / "empty-scan.png").write_bytes(b"")
+    out = tmp_path / "proj" / "data"
+    ingest(IngestConfig(raw=raw_copy, out=out, size=32, workers=1, holdout_fraction=0.25))
+    rejected = json.loads((out / "ingest-report.json").read_text())["rejected"]
+    assert {r["source"] for r in rejected} >= {"broken-photo.jpg", "empty-scan.png"}
+    page = write_report(tmp_path / "proj").out.read_text()
+    table = page[page.index("rejected files</summary>"):]
+    table = table[:table.index("</table>")]
+    cells = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td></tr>", table)
+    assert len(cells) == len(rejected)
+    assert {name for name, _ in cells} == {r["source"] for r in rejected}
+    assert all(reason for _, reason in cells)
