@@ -7,6 +7,8 @@ works in shell scripts; progress, tables and messages go to stderr.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 import functools
 from enum import Enum
@@ -15,19 +17,25 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from fundus_cli import __version__, api, progress
-from fundus_cli.errors import FundusError
+from fundus_cli.errors import EXIT_INTERNAL, FundusError, from_os_error
 
-err = Console(stderr=True, highlight=False)
+# Markup off: paths, class names and messages are user text, and `[/]` or `[left]` in a file name
+# must print as written (rich markup would crash on the one and swallow the other). Style comes
+# only from Text objects built below.
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
-EXIT_CODES_HELP = "Exit codes: 0 success, 1 audit failed, 2 bad input or usage, 3 inconclusive audit, 130 interrupted."
+EXIT_CODES_HELP = ("Exit codes: 0 success, 1 audit failed, 2 bad input or usage, 3 inconclusive audit, "
+                   f"{EXIT_INTERNAL} internal error (a bug: rerun with --debug), 130 interrupted.")
 
 
 def _handle_errors(fn: Callable[..., None]) -> Callable[..., None]:
-    """FundusError -> one clear line on stderr and exit code 2 (a traceback only with --debug).
+    """Turn every failure into one line on stderr and a documented exit code (a traceback only
+    with --debug): FundusError and fixable OS problems (no permission, full disk) -> 2,
+    Ctrl-C -> 130, anything else -> EXIT_INTERNAL (a bug), never 1, which means "audit failed".
 
     Applied to each command rather than around the app, so that it also holds when the
     command is invoked through click directly (typer.testing.CliRunner does that).
@@ -37,18 +45,47 @@ def _handle_errors(fn: Callable[..., None]) -> Callable[..., None]:
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
             fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.exceptions.TyperException):
+            raise
         except FundusError as e:
             if _state["debug"]:
                 raise
-            err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
-            raise typer.Exit(2) from None
+            _fail(str(e), 2)
         except KeyboardInterrupt:
             if _state["debug"]:
                 raise
-            err.print("[yellow]interrupted[/]: nothing was left half-written; run the same command again to resume.")
-            raise typer.Exit(130) from None
+            err.print(_styled("interrupted", "yellow", ": nothing was left half-written; run the same command again to "
+                                                        "resume."), soft_wrap=True)
+            _exit(130)
+        except Exception as e:
+            if _state["debug"]:
+                raise
+            mapped = from_os_error(e)
+            if mapped is not None:
+                _fail(str(mapped), 2)
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            _fail(f"internal error ({type(e).__name__}: {first}). This is a bug in fundus-cli; run the same command "
+                  "with --debug (fundus --debug ...) for the traceback and report it.", EXIT_INTERNAL)
 
     return wrapper
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(_styled("error:", "bold red", f" {message}"), soft_wrap=True)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    from fundus_cli.data import h5
+
+    if h5.library_damaged():
+        # HDF5 could not close a file whose writes failed (a full disk); its clean-up at
+        # interpreter exit would crash (exit 139) after our message. The half-written file is
+        # already deleted, so leave at once with the right code.
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(code)
+    raise typer.Exit(code) from None
 
 
 def command(name: str, short_help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -92,9 +129,19 @@ def _main(
     progress.set_enabled(not quiet and err.is_terminal)
 
 
-def _say(message: str) -> None:
+def _styled(label: str, style: str, rest: str = "") -> Text:
+    """`label` in `style`, then `rest` verbatim (never read as markup)."""
+    return Text.assemble((label, style), rest)
+
+
+def _say(message: str | Text) -> None:
     if not _state["quiet"]:
         err.print(message, soft_wrap=True)
+
+
+def _notes(notes: list[str]) -> None:
+    for note in notes:
+        err.print(_styled("note:", "yellow", f" {note}"), soft_wrap=True)
 
 
 def _emit(main_output: Path | str, summary: dict[str, Any], as_json: bool) -> None:
@@ -167,8 +214,7 @@ def ingest_cmd(
                            dup_threshold=dup_threshold, force=force)
     r = api.ingest(cfg)
     if not _state["quiet"]:
-        for note in r.notes:
-            err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+        _notes(r.notes)
         table = Table(title=f"ingest: {r.n_found} images found in {raw}", title_justify="left")
         table.add_column("split")
         for name in (*r.class_names, *(["unknown"] if any("unknown" in c for c in r.counts.values()) else [])):
@@ -183,8 +229,8 @@ def ingest_cmd(
                   f"time: {r.seconds:.1f} s" + (f"   resumed: {r.resumed_images}" if r.resumed_images else ""))
         err.print(f"read  {raw}\nwrote {r.train}\n      {r.holdout}\n      {r.report}")
         if r.pseudonym_map:
-            err.print(f"      {r.pseudonym_map}  [bold yellow](pseudonym mapping: keep it with the data owner, "
-                      "do not share it with the data)[/]")
+            err.print(Text.assemble(f"      {r.pseudonym_map}  ", ("(pseudonym mapping: keep it with the data owner, "
+                                    "do not share it with the data)", "bold yellow")), soft_wrap=True)
     _emit(r.train, {"train": r.train, "holdout": r.holdout, "report": r.report, "n_train": r.n_train,
                     "n_holdout": r.n_holdout, "rejected": r.n_rejected}, as_json)
 
@@ -251,7 +297,8 @@ def train_cmd(
     _say(f"step {r.step}/{r.steps} in {r.seconds / 60:.1f} min, {r.images_per_second:.1f} images/s; "
          + "  ".join(f"{k}={v:.4g}" for k, v in r.last_metrics.items()))
     if r.interrupted:
-        _say(f"[yellow]interrupted[/]: checkpoint saved at step {r.step}; continue with the same command plus --resume")
+        _say(_styled("interrupted", "yellow", f": checkpoint saved at step {r.step}; continue with the same command plus "
+                                              "--resume"))
     _emit(r.checkpoint, {"checkpoint": r.checkpoint, "step": r.step, "steps": r.steps, "run_dir": r.run_dir,
                          "interrupted": r.interrupted, "grid": r.grid}, as_json)
     if r.interrupted:
@@ -331,8 +378,7 @@ def evaluate_cmd(
                              usefulness=usefulness, usefulness_steps=usefulness_steps, force=force)
     r = api.evaluate(cfg)
     if not _state["quiet"]:
-        for note in r.notes:
-            err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+        _notes(r.notes)
         o = r.realism["overall"]
         table = Table(title=f"realism: {o['n_compared']} synthetic (or real training) vs {o['n_real']} images of {real}, 95 % CI", title_justify="left")
         for col in ("metric", "synthetic", "real train (baseline)", "told apart?"):
@@ -397,15 +443,15 @@ def audit_cmd(
                       seed=seed, accept_no_holdout=accept_no_holdout, device=device, force=force, **overrides)
     r = api.audit_privacy(cfg)
     if not _state["quiet"]:
-        for note in r.notes:
-            err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+        _notes(r.notes)
         colour = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red", "INCONCLUSIVE": "yellow"}[r.decision]
-        err.print(f"privacy audit: [{colour}]{r.decision}[/] ({r.n_synthetic} synthetic vs {r.n_train} training "
-                  f"images, calibrated on {r.calibration}; {r.n_flagged} flagged, {len(r.confirmed)} confirmed copies)")
+        err.print(Text.assemble("privacy audit: ", (r.decision, colour), f" ({r.n_synthetic} synthetic vs {r.n_train} training "
+                  f"images, calibrated on {r.calibration}; {r.n_flagged} flagged, {len(r.confirmed)} confirmed copies)"),
+                  soft_wrap=True)
         for line in r.reasons:
-            err.print(f"  [red]FAIL[/]: {line}", soft_wrap=True)
+            err.print(_styled("  FAIL", "red", f": {line}"), soft_wrap=True)
         for line in r.warnings:
-            err.print(f"  [yellow]WARN[/]: {line}", soft_wrap=True)
+            err.print(_styled("  WARN", "yellow", f": {line}"), soft_wrap=True)
         err.print(f"wrote {r.report}\n      {r.flagged_csv}\n      " + "\n      ".join(str(f) for f in r.figures))
     _emit(r.report, {"decision": r.decision, "exit_code": r.exit_code, "report": r.report,
                      "flagged": r.n_flagged, "confirmed": r.confirmed}, as_json)
@@ -436,7 +482,7 @@ def info_cmd(
             continue
         text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
         table.add_row(key, text)
-    Console().print(table)
+    Console(markup=False, highlight=False).print(table)
 
 
 @command("report", "Project/demo folder -> one self-contained report.html.  e.g. fundus report . --out report.html")
@@ -458,7 +504,7 @@ def report_cmd(
     r = api.report(folder, out=out)
     _say(f"read  {folder} ({r.datasets} datasets, {r.runs} runs, {r.evaluations} evaluations, {r.audits} audits)")
     for line in r.missing:
-        _say(f"[yellow]not there yet:[/] {escape(line)}")
+        _say(_styled("not there yet:", "yellow", f" {line}"))
     if r.verdict is not None:
         # The exit code stays 0 whatever the verdicts: the report is a view; audit-privacy is the gate.
         _say(f"most severe privacy verdict here: {r.verdict}")

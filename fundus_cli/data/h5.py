@@ -168,6 +168,11 @@ class DatasetWriter:
         q = f.create_group(QUALITY_GROUP)
         for name in QUALITY_COLUMNS:
             q.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(4096,))
+        # Handles held for the writer's life: a handle released after a failed write (full disk)
+        # makes HDF5 fail again on release, print a traceback per object and can crash.
+        self._datasets = {name: f[name] for name in (IMAGES, FOV_MASK, FOV_CIRCLE, LABELS, SOURCE, PATIENT,
+                                                     DUP_GROUP, PHASH)}
+        self._datasets.update({f"{QUALITY_GROUP}/{n}": f[f"{QUALITY_GROUP}/{n}"] for n in QUALITY_COLUMNS})
         return self
 
     def append(self, record: Record) -> None:
@@ -188,6 +193,7 @@ class DatasetWriter:
         f = self._file
         assert f is not None, "DatasetWriter used outside its with-block"
         rows = self._buffer
+        _check_space(self.tmp, sum(r.image.nbytes + r.mask.size for r in rows))
         n0, n1 = self.count, self.count + len(rows)
         images = np.stack([r.image for r in rows])
         _fingerprint_update(self._hash, images)
@@ -206,7 +212,7 @@ class DatasetWriter:
                 [r.quality.get(name, np.nan) for r in rows], dtype=np.float32
             )
         for name, values in columns.items():
-            ds = f[name]
+            ds = self._datasets[name]
             ds.resize(n1, axis=0)
             ds[n0:n1] = values
         self.count = n1
@@ -223,8 +229,7 @@ class DatasetWriter:
         if f is None:
             return
         if exc_type is not None:
-            f.close()
-            self.tmp.unlink(missing_ok=True)
+            self._discard(f, exc)
             return
         try:
             # A second handle would be needed to undo _flush's partial writes on error,
@@ -251,12 +256,74 @@ class DatasetWriter:
             }
             for key, value in attrs.items():
                 f.attrs[key] = value
+            # Flushing while the file is open turns a failed write into one exception here
+            # instead of one per object inside close().
+            f.flush()
             f.close()
-        except BaseException:
-            f.close()
-            self.tmp.unlink(missing_ok=True)
+        except BaseException as e:
+            self._discard(f, e)
             raise
         commit_tmp(self.tmp, self.path)
+
+    def _discard(self, f: h5py.File, exc: BaseException | None) -> None:
+        """Delete the half-written file; close it unless HDF5 itself failed to write it.
+
+        After a failed write (a full disk) HDF5's close fails again on every open object and
+        can crash the interpreter, so such a file is left open (and marked, see
+        `library_damaged`); its space comes back when the process exits, and its name is gone.
+        """
+        global _damaged
+        try:
+            os.truncate(self.tmp, 0)
+        except OSError:
+            pass
+        self.tmp.unlink(missing_ok=True)
+        if exc is not None and _is_io_failure(exc):
+            _damaged = True
+            _kept_open.append((f, self._datasets))
+            return
+        try:
+            f.close()
+        except Exception:
+            _damaged = True
+
+
+_damaged = False
+_kept_open: list[Any] = []
+SPACE_MARGIN = 16 << 20  # bytes kept free beyond each write: HDF5's caches and metadata flush
+
+
+def library_damaged() -> bool:
+    """True once a file could not be closed after a failed write: the process should exit without
+    HDF5's own clean-up (os._exit), which would crash on that file."""
+    return _damaged
+
+
+class SpaceRefused(OSError):
+    """A write refused by `_check_space` before HDF5 tried it: the file is still healthy."""
+
+
+def _is_io_failure(exc: BaseException) -> bool:
+    """Did HDF5 itself fail to write (its messages carry the C errno)?"""
+    import re
+
+    if isinstance(exc, SpaceRefused):
+        return False
+    return isinstance(exc, (OSError, RuntimeError)) and re.search(r"errno = \d+", str(exc)) is not None
+
+
+def _check_space(tmp: Path, nbytes: int) -> None:
+    """Refuse a write that would fill the disk, before HDF5 sees the failure (see `_discard`)."""
+    import errno
+    import shutil
+
+    try:
+        free = shutil.disk_usage(tmp.parent).free
+    except OSError:
+        return
+    if free < nbytes + SPACE_MARGIN:
+        raise SpaceRefused(errno.ENOSPC, f"No space left on device ({free / 2**20:.1f} MB free; fundus-cli keeps "
+                      f"{SPACE_MARGIN >> 20} MB spare while writing)", str(tmp))
 
 
 # ---------------------------------------------------------------------------------------
