@@ -7,6 +7,8 @@ the DCT blocks down by 8 during decoding; for a 256 px dataset the full decode i
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,13 +114,22 @@ def _to_rgb(image: np.ndarray, notes: list[str]) -> np.ndarray:
     raise DecodeError(f"unsupported number of channels ({channels})")
 
 
+def _read_regular(path: Path) -> bytes:
+    """The file's bytes; a named pipe or device (which could block forever) is refused unread."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DecodeError("not a regular file (a named pipe, device or socket): not a photograph")
+        return f.read()
+
+
 def decode_image(path: Path, *, target: int, reduced: bool = True) -> Decoded:
     """Read `path` into RGB uint8, decoding JPEGs at the coarsest scale that still serves `target`.
 
     `reduced=False` forces a full-resolution decode (used by the benchmark's reference way).
     """
     try:
-        data = Path(path).read_bytes()
+        data = _read_regular(Path(path))
     except OSError as e:
         raise DecodeError(f"cannot read file: {e.strerror or e}") from None
     if not data:

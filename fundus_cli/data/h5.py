@@ -541,10 +541,10 @@ class DatasetReader:
         return self._file[LABELS][:].astype(np.int64)
 
     def sources(self) -> list[str]:
-        return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in self._file[SOURCE][:]]
+        return [_text(s) for s in self._file[SOURCE][:]]
 
     def patients(self) -> list[str]:
-        return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in self._file[PATIENT][:]]
+        return [_text(s) for s in self._file[PATIENT][:]]
 
     def dup_groups(self) -> np.ndarray:
         return self._file[DUP_GROUP][:]
@@ -579,7 +579,8 @@ class DatasetReader:
 
 
 def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    # The file may come from anyone: bytes that are not UTF-8 are shown as \xNN, never a crash.
+    return value.decode("utf-8", errors="backslashreplace") if isinstance(value, bytes) else str(value)
 
 
 def open_dataset(path: Path) -> DatasetReader:

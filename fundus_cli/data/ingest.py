@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import secrets
 import shutil
+import stat
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -148,18 +149,56 @@ def _stat_key(path: Path) -> list[int]:
 # Discovery
 
 
-def find_files(raw: Path) -> tuple[list[str], list[str]]:
-    """(image paths, ignored non-image files) relative to raw, sorted; hidden entries skipped."""
+def find_files(raw: Path) -> tuple[list[str], list[str], list[dict[str, str]]]:
+    """(image paths, ignored non-image files, problems) relative to raw, sorted; hidden entries skipped.
+
+    Problems are entries that look like photographs but cannot be ingested, with the reason,
+    for the report: a name that is not valid UTF-8 (HDF5 stores text as UTF-8, and one such
+    name must not block a whole folder), a named pipe or device called *.jpg (reading it would
+    wait forever), a subfolder that cannot be listed (its photographs would vanish silently).
+    """
     images: list[str] = []
     ignored: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(raw, followlinks=False):
+    problems: list[dict[str, str]] = []
+
+    def unreadable(e: OSError) -> None:
+        rel = display_name(Path(e.filename).relative_to(raw).as_posix()) if e.filename else "?"
+        problems.append({"source": rel + "/", "reason": f"folder could not be read ({e.strerror or e}): the "
+                                                        "photographs in it are not in the dataset; fix its permissions"})
+
+    for dirpath, dirnames, filenames in os.walk(raw, onerror=unreadable, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             rel = Path(dirpath, name).relative_to(raw).as_posix()
-            (images if Path(name).suffix.lower() in IMAGE_SUFFIXES else ignored).append(rel)
-    return sorted(images), sorted(ignored)
+            if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                ignored.append(display_name(rel))
+                continue
+            if display_name(rel) != rel:
+                problems.append({"source": display_name(rel), "reason": "file name is not valid UTF-8 (undecodable "
+                                 "bytes shown as \\xNN): rename the file"})
+                continue
+            try:
+                mode = os.stat(Path(dirpath, name)).st_mode
+            except OSError as e:
+                problems.append({"source": rel, "reason": f"cannot read file: {e.strerror or e}"})
+                continue
+            if not stat.S_ISREG(mode):
+                kind = "a named pipe" if stat.S_ISFIFO(mode) else "a device or socket"
+                problems.append({"source": rel, "reason": f"not a regular file ({kind}): not a photograph"})
+                continue
+            images.append(rel)
+    return sorted(images), sorted(ignored), sorted(problems, key=lambda p: p["source"])
+
+
+def display_name(rel: str) -> str:
+    """`rel` as valid text: bytes that are not UTF-8 (kept by Python as surrogates) become \\xNN."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return os.fsencode(rel).decode("utf-8", errors="backslashreplace")
 
 
 # ---------------------------------------------------------------------------------------
@@ -388,9 +427,11 @@ def ingest(cfg: IngestConfig) -> IngestResult:
     thresholds = parse_min_quality(cfg.min_quality)
     rx = compile_patient_regex(cfg.patient_regex) if cfg.patient_regex else None
 
-    rels, ignored = find_files(raw)
+    rels, ignored, problems = find_files(raw)
     if not rels:
         what = f" ({len(ignored)} other files ignored, e.g. {ignored[0]})" if ignored else ""
+        if problems:
+            what += f" ({len(problems)} entries could not be used, e.g. {problems[0]['source']}: {problems[0]['reason']})"
         raise FundusError(f"{raw}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}){what}. "
                           "Point ingest at the folder that holds the photographs.")
 
@@ -400,12 +441,12 @@ def ingest(cfg: IngestConfig) -> IngestResult:
         if existing and not cfg.force:
             raise FundusError(f"{existing[0]} already exists. Use --force to overwrite it, or --out to write "
                               "elsewhere.")
-        return _ingest_locked(cfg, t0=t0, rels=rels, ignored=ignored, thresholds=thresholds, rx=rx,
-                              map_path=map_path)
+        return _ingest_locked(cfg, t0=t0, rels=rels, ignored=ignored, problems=problems, thresholds=thresholds,
+                              rx=rx, map_path=map_path)
 
 
-def _ingest_locked(cfg: IngestConfig, *, t0: float, rels: list[str], ignored: list[str], thresholds: Any, rx: Any,
-                   map_path: Path) -> IngestResult:
+def _ingest_locked(cfg: IngestConfig, *, t0: float, rels: list[str], ignored: list[str],
+                   problems: list[dict[str, str]], thresholds: Any, rx: Any, map_path: Path) -> IngestResult:
     raw, out = Path(cfg.raw), Path(cfg.out)
     train_path, holdout_path, report_path = out / "train.h5", out / "holdout.h5", out / "ingest-report.json"
     staging = out / STAGING_DIR
@@ -425,7 +466,7 @@ def _ingest_locked(cfg: IngestConfig, *, t0: float, rels: list[str], ignored: li
     notes: list[str] = []
     if resumed:
         notes.append(f"resumed: {resumed} images were already processed by an interrupted ingest")
-    rejected: list[dict[str, str]] = []
+    rejected: list[dict[str, str]] = list(problems)
     items: list[_Item] = []
     conversions: Counter[str] = Counter()
     # Re-read each file's newest entry (a re-processed file appears in two shards).
