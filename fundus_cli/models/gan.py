@@ -51,6 +51,10 @@ class GANConfig:
     latent_dim: int = 128  # size of the Gaussian latent z
     num_classes: int = 0  # 0 = unconditional; else conditional BN in G and projection in D
     discriminator: str = "strided"  # strided (SN strided convs, fast to learn detail) | resnet
+    generator: str = "resnet"  # resnet | skip
+    patch_head: bool = False  # D also scores each 16x16 patch neighbourhood (local realism)
+    orient: bool = False  # trained with every optic disc on the right; eval mode mirrors half
+    d_spectral_norm: bool = True  # spectral norm in the strided D (off: R1 alone regularises it)
 
     def __post_init__(self) -> None:
         resolve_channel_mults(self)
@@ -58,6 +62,9 @@ class GANConfig:
         if self.discriminator not in DISCRIMINATORS:
             raise FundusError(f"GANConfig.discriminator must be one of {', '.join(DISCRIMINATORS)}, "
                               f"got {self.discriminator!r}")
+        if self.generator not in GENERATORS:
+            raise FundusError(f"GANConfig.generator must be one of {', '.join(GENERATORS)}, "
+                              f"got {self.generator!r}")
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -140,7 +147,75 @@ class Generator(nn.Module):
         for block in self.blocks:
             h = block(h, y)
         x = torch.tanh(self.conv_out(F.relu(self.norm_out(h))))
-        return apply_fov_mask(x, self.fov_mask)
+        return _orient(apply_fov_mask(x, self.fov_mask), z, self.config.orient and not self.training)
+
+
+class SkipBlock(nn.Module):
+    """conv3x3 at the input resolution, bilinear upsampling, conv3x3, each followed by
+    class-conditional BN and leaky ReLU; per-pixel noise (learned per-channel strength) before
+    the second BN; and an RGB output of the block's resolution. The first conv runs before the
+    upsampling, at a quarter of the cost, as in GBlock."""
+
+    def __init__(self, in_ch: int, out_ch: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.norm1 = ClassBatchNorm2d(out_ch, num_classes)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.norm2 = ClassBatchNorm2d(out_ch, num_classes)
+        self.noise = nn.Parameter(torch.zeros(1, out_ch, 1, 1))
+        self.to_rgb = nn.Conv2d(out_ch, IMAGE_CHANNELS, 1)
+
+    def forward(self, x: Tensor, y: Tensor | None, noise: Tensor | None) -> tuple[Tensor, Tensor]:
+        h = F.leaky_relu(self.norm1(self.conv1(x), y), 0.2)
+        h = self.conv2(F.interpolate(h, scale_factor=2.0, mode="bilinear", align_corners=False))
+        if noise is not None:
+            h = h + self.noise * noise
+        h = F.leaky_relu(self.norm2(h, y), 0.2)
+        return h, self.to_rgb(h)
+
+
+class SkipGenerator(nn.Module):
+    """StyleGAN2's "skip" layout on a BN generator: each resolution adds its RGB output to the
+    bilinearly upsampled sum of the coarser ones, so layout and colour are learnt first at low
+    resolution and the finest blocks only add detail."""
+
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__()
+        self.config = config
+        ch = config.channels
+        prev_ch = ch[1:] + ch[-1:]
+        self.fc = nn.Linear(config.latent_dim, ch[-1] * BOTTOM_SIZE * BOTTOM_SIZE)
+        self.norm_in = ClassBatchNorm2d(ch[-1], config.num_classes)
+        self.blocks = nn.ModuleList(
+            SkipBlock(p, c, config.num_classes) for c, p in zip(reversed(ch), reversed(prev_ch))
+        )
+        self.register_buffer("fov_mask", fov_mask_buffer(config.image_size))
+
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        check_labels(y, self.config.num_classes, z.shape[0])
+        h = self.fc(z).view(-1, self.config.channels[-1], BOTTOM_SIZE, BOTTOM_SIZE)
+        h = F.leaky_relu(self.norm_in(h, y), 0.2)
+        rgb: Tensor | None = None
+        for block in self.blocks:
+            size = h.shape[-1] * 2
+            noise = torch.randn(h.shape[0], 1, size, size, device=h.device, dtype=h.dtype) if self.training else None
+            h, out = block(h, y, noise)
+            rgb = out if rgb is None else F.interpolate(rgb, scale_factor=2.0, mode="bilinear",
+                                                        align_corners=False) + out
+        assert rgb is not None
+        return _orient(apply_fov_mask(torch.tanh(rgb), self.fov_mask), z, self.config.orient and not self.training)
+
+
+def _orient(x: Tensor, z: Tensor, mirror_half: bool) -> Tensor:
+    """Left eyes back: mirror the samples whose first latent is negative (half of them, a
+    function of z alone, so a seed always gives the same eye). The field-of-view mask is
+    symmetric, so the mirrored image keeps a black surround."""
+    if not mirror_half:
+        return x
+    return torch.where((z[:, 0] < 0)[:, None, None, None], x.flip(3), x)
+
+
+GENERATORS: dict[str, type[nn.Module]] = {"resnet": Generator, "skip": SkipGenerator}
 
 
 # ------------------------------------------------------------------------- discriminator
@@ -222,24 +297,34 @@ class StridedDiscriminator(nn.Module):
         self.config = config
         ch = config.channels
         outs = ch[1:] + ch[-1:]  # one level wider than the generator at each resolution
+        sn = spectral_norm if config.d_spectral_norm else (lambda m: m)
         layers: list[nn.Module] = []
         in_ch = IMAGE_CHANNELS
         for out_ch in outs:
-            layers += [spectral_norm(nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+            layers += [sn(nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
             in_ch = out_ch
         self.features = nn.Sequential(*layers)
+        # after two stride-2 layers each unit sees a 10x10-pixel window of the image
+        self.patch = sn(nn.Conv2d(outs[1], 1, 1)) if config.patch_head else None
         flat = in_ch * BOTTOM_SIZE * BOTTOM_SIZE
-        self.linear = spectral_norm(nn.Linear(flat, 1))
-        self.embed = spectral_norm(nn.Embedding(config.num_classes, flat)) if config.num_classes else None
+        self.linear = sn(nn.Linear(flat, 1))
+        self.embed = sn(nn.Embedding(config.num_classes, flat)) if config.num_classes else None
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Images (B, 3, S, S) -> logits (B,); higher means 'real'."""
         check_labels(y, self.config.num_classes, x.shape[0])
-        h = self.features(x).flatten(1)
+        if self.patch is None:
+            h = self.features(x).flatten(1)
+        else:
+            mid = self.features[:4](x)
+            h = self.features[4:](mid).flatten(1)
         logits = self.linear(h).squeeze(1)
         if self.embed is not None:
             logits = logits + (self.embed(y) * h).sum(dim=1)
-        return logits
+        if self.patch is None:
+            return logits
+        # (B, 1 + patches): column 0 the whole image, the others one neighbourhood each
+        return torch.cat([logits[:, None], self.patch(mid).flatten(1)], dim=1)
 
 
 DISCRIMINATORS: dict[str, type[nn.Module]] = {"strided": StridedDiscriminator, "resnet": Discriminator}
@@ -253,7 +338,7 @@ class GAN(nn.Module):
     def __init__(self, config: GANConfig) -> None:
         super().__init__()
         self.config = config
-        self.generator = Generator(config)
+        self.generator = GENERATORS[config.generator](config)
         self.discriminator = DISCRIMINATORS[config.discriminator](config)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
@@ -269,24 +354,33 @@ def build_gan(config: Mapping[str, Any]) -> GAN:
 # Logits are cast to float32: the losses are cheap and bf16 rounding would bias them.
 
 
+def _heads(fn: Callable[[Tensor], Tensor], logits: Tensor) -> Tensor:
+    """Mean of `fn` per image (B,), or, for (B, 1 + P) logits, the whole-image head's mean plus
+    the patch heads' mean: the two scales weigh the same whatever the number of patches."""
+    logits = logits.float()
+    if logits.dim() == 1:
+        return fn(logits).mean()
+    return fn(logits[:, 0]).mean() + fn(logits[:, 1:]).mean()
+
+
 def d_hinge_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     """E[relu(1 - D(real))] + E[relu(1 + D(fake))]; zero once reals >= 1 and fakes <= -1."""
-    return F.relu(1 - real_logits.float()).mean() + F.relu(1 + fake_logits.float()).mean()
+    return _heads(lambda t: F.relu(1 - t), real_logits) + _heads(lambda t: F.relu(1 + t), fake_logits)
 
 
 def g_hinge_loss(fake_logits: Tensor) -> Tensor:
     """-E[D(G(z))]."""
-    return -fake_logits.float().mean()
+    return _heads(lambda t: -t, fake_logits)
 
 
 def d_nonsaturating_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     """Binary cross-entropy on logits: E[softplus(-D(real))] + E[softplus(D(fake))]."""
-    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+    return _heads(lambda t: F.softplus(-t), real_logits) + _heads(F.softplus, fake_logits)
 
 
 def g_nonsaturating_loss(fake_logits: Tensor) -> Tensor:
     """E[softplus(-D(G(z)))], i.e. -log sigmoid(D(G(z))) (Goodfellow et al. 2014)."""
-    return F.softplus(-fake_logits.float()).mean()
+    return _heads(lambda t: F.softplus(-t), fake_logits)
 
 
 def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:

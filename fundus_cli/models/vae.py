@@ -47,6 +47,7 @@ class VAEConfig:
     latent_dim: int = 128  # size of the latent vector z
     num_classes: int = 0  # 0 = unconditional; else labels 0..num_classes-1 condition both halves
     class_embed_dim: int = 64  # size of the label embedding (unused when unconditional)
+    orient: bool = False  # trained with every optic disc on the right; eval-mode decode mirrors half
 
     def __post_init__(self) -> None:
         resolve_channel_mults(self)
@@ -142,7 +143,16 @@ class VAE(nn.Module):
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        """Latents (B, latent_dim) -> images (B, 3, S, S) in [-1, 1], black outside the mask."""
+        """Latents (B, latent_dim) -> images (B, 3, S, S) in [-1, 1], black outside the mask.
+
+        With `orient`, eval mode (sampling) mirrors the images whose z[:, 0] < 0, giving back
+        left eyes to a model trained on photographs turned to one side."""
+        x = self._decode(z, y)
+        if self.config.orient and not self.training:
+            x = torch.where((z[:, 0] < 0)[:, None, None, None], x.flip(3), x)
+        return x
+
+    def _decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         cond = self._cond(y, z.shape[0])
         zc = z if cond is None else torch.cat([z, cond.to(z.dtype)], dim=1)
         c = self.config.channels[-1]
@@ -157,7 +167,7 @@ class VAE(nn.Module):
         evaluation reconstructions are deterministic."""
         mu, logvar = self.encode(x, y)
         z = reparameterize(mu, logvar) if self.training else mu
-        return self.decode(z, y), mu, logvar
+        return self._decode(z, y), mu, logvar
 
 
 def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:

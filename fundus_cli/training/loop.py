@@ -30,6 +30,7 @@ from fundus_cli.progress import track
 from fundus_cli.training import checkpoint as ckpt_mod
 from fundus_cli.training import distributed
 from fundus_cli.training.images import save_grid
+from fundus_cli.training.orientation import disc_to_right
 from fundus_cli.training.trainers import TRAINERS
 
 ARCHS = ("vae", "gan")
@@ -89,9 +90,14 @@ class TrainConfig:
     kl_warmup: int | None = None  # steps of linear KL warm-up (default: a fifth of the run)
     recon: str = "l1"  # l1 | l2
     ssim_weight: float = 0.2  # share of (1 - SSIM) in the reconstruction loss
+    adv_weight: float = 0.0  # adversarial (patch discriminator) term, relative to the reconstruction's
     # GAN
     gan_loss: str = "hinge"  # hinge | nonsaturating
     discriminator: str = "strided"  # strided (learns detail fast) | resnet
+    generator: str = "resnet"  # resnet | skip
+    patch_head: bool = False  # discriminator also judges 10x10-pixel neighbourhoods
+    d_spectral_norm: bool = True  # spectral norm in the discriminator
+    ada_target: float = 0.0  # adaptive augmentation: target E[sign D(real)] (0 = fixed policy)
     lr_d: float | None = None  # discriminator learning rate (default: lr)
     r1_gamma: float = 0.1  # R1 penalty weight on reals (0 = off)
     r1_every: int = 4  # lazy R1: apply every k steps, scaled by k
@@ -198,17 +204,23 @@ def resolve(cfg: TrainConfig, *, stored_size: int, n_images: int, n_classes: int
 
 
 def model_config(cfg: TrainConfig, n_classes: int) -> dict[str, Any]:
+    # Both models use the mirror symmetry of left and right eyes by learning one orientation
+    # (optic disc on the right) and mirroring half of their samples (training/orientation.py).
     mc: dict[str, Any] = {"image_size": cfg.size, "width": cfg.width, "latent_dim": cfg.latent_dim,
-                          "num_classes": n_classes if cfg.conditional else 0}
+                          "num_classes": n_classes if cfg.conditional else 0, "orient": cfg.mirror}
     if cfg.arch == "gan":
         mc["discriminator"] = cfg.discriminator
+        mc["generator"] = cfg.generator
+        mc["patch_head"] = cfg.patch_head
+        mc["d_spectral_norm"] = cfg.d_spectral_norm
     return mc
 
 
 def hyperparameters(cfg: TrainConfig) -> dict[str, Any]:
     return {"lr": cfg.lr, "lr_d": cfg.lr_d, "beta": cfg.beta, "kl_warmup": cfg.kl_warmup, "recon": cfg.recon,
             "ssim_weight": cfg.ssim_weight, "gan_loss": cfg.gan_loss, "r1_gamma": cfg.r1_gamma,
-            "r1_every": cfg.r1_every, "diffaugment": cfg.diffaugment, "ema_decay": cfg.ema_decay}
+            "r1_every": cfg.r1_every, "diffaugment": cfg.diffaugment, "ema_decay": cfg.ema_decay,
+            "ada_target": cfg.ada_target, "adv_weight": cfg.adv_weight}
 
 
 def batch_indices(step: int, *, n: int, batch: int, seed: int, rank: int = 0, world: int = 1) -> np.ndarray:
@@ -249,10 +261,12 @@ class _StopFlag:
 
 
 def _to_device(images: np.ndarray, labels: np.ndarray | None, *, device: torch.device, mirror: bool,
-               gen: torch.Generator, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+               gen: torch.Generator, channels_last: bool, orient: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     x = torch.from_numpy(images).to(device, non_blocking=True)
     x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-    if mirror:
+    if orient:
+        x = disc_to_right(x)
+    elif mirror:
         flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(device)
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
     if channels_last:
@@ -378,7 +392,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, log: Cal
                     t0 = time.perf_counter()
                     images = next(batches)
                     x, y = _to_device(images, None if labels is None else labels[idx], device=device,
-                                      mirror=cfg.mirror, gen=gen, channels_last=channels_last)
+                                      mirror=cfg.mirror, gen=gen, channels_last=channels_last,
+                                      orient=bool(mconf.get("orient", False)))
                     metrics = trainer.step(x, y, step, gen)
                     done = step + 1
                     window.append((time.perf_counter() - t0, x.shape[0] * d.world))

@@ -24,6 +24,10 @@ from fundus_cli.training.diffaugment import diff_augment
 from fundus_cli.training.ema import ema_update, make_ema
 
 
+ADA_INTERVAL = 4  # steps between adjustments of the augmentation probability
+ADA_IMAGES = 20_000  # real images over which p can move from 0 to 1 (StyleGAN2-ADA: 500k; our runs are short)
+
+
 def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
     if amp == "off":
         return contextlib.nullcontext()
@@ -56,6 +60,16 @@ class _VAEForward(nn.Module):
 
 
 class VAETrainer:
+    """beta-VAE, optionally with an adversarial term (hp["adv_weight"] > 0, VAE-GAN style).
+
+    With the adversarial term a patch discriminator (the GAN's strided D with its patch head)
+    learns to tell training photographs from reconstructions and from decoded prior samples,
+    and the decoder is also trained to fool it, so that it draws vessels and texture instead of
+    the per-pixel average that L1/SSIM alone reward. Its weight is VQGAN's adaptive one
+    (Esser et al. 2021): the ratio of the reconstruction and adversarial gradient norms at the
+    decoder's last layer, times `adv_weight`, so it needs no tuning against the pixel count.
+    """
+
     arch = "vae"
 
     def __init__(self, model_config: dict[str, Any], hp: dict[str, Any], *, device: torch.device,
@@ -72,6 +86,17 @@ class VAETrainer:
         if compile:
             self.net = torch.compile(self.net)  # type: ignore[assignment]
         self.opt = torch.optim.Adam(self.model.parameters(), lr=hp["lr"], betas=(0.9, 0.999))
+        self.adv_weight = float(hp.get("adv_weight", 0.0))
+        self.D: nn.Module | None = None
+        if self.adv_weight > 0:
+            mc = self.model.config
+            self.D = build_model("gan", {"image_size": mc.image_size, "width": mc.width,
+                                         "latent_dim": mc.latent_dim, "num_classes": mc.num_classes,
+                                         "patch_head": True}).discriminator.to(device)
+            if channels_last:
+                self.D = self.D.to(memory_format=torch.channels_last)
+            self.D_net = _wrap(self.D, ddp, device)
+            self.opt_d = torch.optim.Adam(self.D.parameters(), lr=hp["lr"], betas=(0.5, 0.99))
 
     def step(self, x: Tensor, y: Tensor | None, step: int, gen: torch.Generator) -> dict[str, float]:
         self.model.train()
@@ -82,11 +107,44 @@ class VAETrainer:
         kl = kl_divergence(mu, logvar)
         beta = beta_schedule(step, beta=self.hp["beta"], warmup_steps=self.hp["kl_warmup"])
         loss = rec + beta * kl
+        out = {"recon": rec.item(), "kl": kl.item(), "beta": beta}
+        if self.D is not None:
+            loss = loss + self._adversarial(x, x_hat, rec, y, gen, out)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         ema_update(self.ema, self.model, _ema_decay(step, self.hp["ema_decay"]))
-        return {"loss": loss.item(), "recon": rec.item(), "kl": kl.item(), "beta": beta}
+        return {"loss": loss.item(), **out}
+
+    def _adversarial(self, x: Tensor, x_hat: Tensor, rec: Tensor, y: Tensor | None, gen: torch.Generator,
+                     out: dict[str, float]) -> Tensor:
+        """One discriminator step, then the decoder's adaptive-weighted adversarial loss."""
+        assert self.D is not None
+        b = x.shape[0]
+        z = torch.randn(b, self.latent_dim, generator=gen).to(self.device)
+        with _autocast(self.device, self.amp):
+            x_prior = self.model.decode(z, y)
+        fakes = torch.cat([x_hat, x_prior])
+        yy = None if y is None else torch.cat([y, y, y])
+        policy = self.hp.get("diffaugment") or ""
+        aug = (lambda t: diff_augment(t, policy, generator=gen)) if policy else (lambda t: t)
+        self.D.requires_grad_(True)
+        with _autocast(self.device, self.amp):
+            logits = self.D_net(aug(torch.cat([x, fakes.detach().to(x.dtype)])), yy)
+        d_loss = d_hinge_loss(logits[:b], logits[b:])
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        self.D.requires_grad_(False)
+        with _autocast(self.device, self.amp):
+            g_logits = self.D(aug(fakes), None if y is None else torch.cat([y, y]))
+        adv = g_hinge_loss(g_logits)
+        last = self.model.dec_out.weight
+        g_rec = torch.autograd.grad(rec, last, retain_graph=True)[0]
+        g_adv = torch.autograd.grad(adv, last, retain_graph=True)[0]
+        weight = (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0.0, 1e4).detach() * self.adv_weight
+        out.update(d_loss=d_loss.item(), adv=adv.item(), adv_w=float(weight))
+        return weight * adv
 
     @torch.no_grad()
     def sample(self, z: Tensor, y: Tensor | None, *, temperature: float = 1.0) -> Tensor:
@@ -97,13 +155,20 @@ class VAETrainer:
         return int(self.model.config.latent_dim)
 
     def state(self) -> dict[str, Any]:
-        return {"models": {"vae": self.model.state_dict()}, "ema": {"vae": self.ema.state_dict()},
-                "optimizers": {"vae": self.opt.state_dict()}}
+        state: dict[str, Any] = {"models": {"vae": self.model.state_dict()}, "ema": {"vae": self.ema.state_dict()},
+                                 "optimizers": {"vae": self.opt.state_dict()}}
+        if self.D is not None:
+            state["models"]["discriminator"] = self.D.state_dict()
+            state["optimizers"]["discriminator"] = self.opt_d.state_dict()
+        return state
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["models"]["vae"])
         self.ema.load_state_dict(ckpt["ema"]["vae"])
         self.opt.load_state_dict(ckpt["optimizers"]["vae"])
+        if self.D is not None:
+            self.D.load_state_dict(ckpt["models"]["discriminator"])
+            self.opt_d.load_state_dict(ckpt["optimizers"]["discriminator"])
 
 
 class GANTrainer:
@@ -130,13 +195,35 @@ class GANTrainer:
             self.d_loss, self.g_loss = d_hinge_loss, g_hinge_loss
         else:
             self.d_loss, self.g_loss = d_nonsaturating_loss, g_nonsaturating_loss
+        # Adaptive augmentation (Karras et al. 2020): the share of augmented images follows
+        # the discriminator's overfitting signal E[sign D(real)] towards `ada_target`.
+        self.ada_target = float(hp.get("ada_target", 0.0))
+        self.ada_p = 0.0 if self.ada_target > 0 else 1.0
+        self._ada_sum, self._ada_n = 0.0, 0
 
     def _z(self, n: int, gen: torch.Generator) -> Tensor:
         return torch.randn(n, self.G.config.latent_dim, generator=gen).to(self.device)
 
     def _aug(self, x: Tensor, gen: torch.Generator) -> Tensor:
         policy = self.hp["diffaugment"]
-        return diff_augment(x, policy, generator=gen) if policy else x
+        if not policy:
+            return x
+        augmented = diff_augment(x, policy, generator=gen)
+        if self.ada_target <= 0:
+            return augmented
+        keep = (torch.rand(x.shape[0], generator=gen) >= self.ada_p).to(x.device)
+        return torch.where(keep[:, None, None, None], x, augmented)
+
+    def _ada_adjust(self, real_logits: Tensor, batch: int) -> None:
+        """Every ADA_INTERVAL steps move p by up to ADA_INTERVAL * batch / ADA_IMAGES."""
+        head = real_logits[:, 0] if real_logits.dim() == 2 else real_logits
+        self._ada_sum += float(torch.sign(head).sum())
+        self._ada_n += head.shape[0]
+        if self._ada_n >= ADA_INTERVAL * batch:
+            r = self._ada_sum / self._ada_n
+            step = self._ada_n / ADA_IMAGES
+            self.ada_p = min(1.0, max(0.0, self.ada_p + (step if r > self.ada_target else -step)))
+            self._ada_sum, self._ada_n = 0.0, 0
 
     def step(self, x: Tensor, y: Tensor | None, step: int, gen: torch.Generator) -> dict[str, float]:
         b = x.shape[0]
@@ -155,6 +242,9 @@ class GANTrainer:
         self.opt_d.step()
         logits = logits.detach().float()
         out = {"d_loss": d_loss.item(), "d_real": logits[:b].mean().item(), "d_fake": logits[b:].mean().item()}
+        if self.ada_target > 0:
+            self._ada_adjust(logits[:b], b)
+            out["ada_p"] = self.ada_p
         # -- lazy R1 on augmented reals every r1_every steps, scaled up to match (StyleGAN2)
         every, gamma = self.hp["r1_every"], self.hp["r1_gamma"]
         if gamma > 0 and step % every == 0:
@@ -194,7 +284,8 @@ class GANTrainer:
     def state(self) -> dict[str, Any]:
         return {"models": {"generator": self.G.state_dict(), "discriminator": self.D.state_dict()},
                 "ema": {"generator": self.G_ema.state_dict()},
-                "optimizers": {"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict()}}
+                "optimizers": {"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict()},
+                "ada": {"p": self.ada_p, "sum": self._ada_sum, "n": self._ada_n}}
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self.G.load_state_dict(ckpt["models"]["generator"])
@@ -202,6 +293,9 @@ class GANTrainer:
         self.G_ema.load_state_dict(ckpt["ema"]["generator"])
         self.opt_g.load_state_dict(ckpt["optimizers"]["generator"])
         self.opt_d.load_state_dict(ckpt["optimizers"]["discriminator"])
+        ada = ckpt.get("ada")
+        if isinstance(ada, dict):
+            self.ada_p, self._ada_sum, self._ada_n = float(ada["p"]), float(ada["sum"]), int(ada["n"])
 
 
 TRAINERS = {"vae": VAETrainer, "gan": GANTrainer}

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import torch
+
+from fundus_cli.training import trainers
+from fundus_cli.training.trainers import GANTrainer, VAETrainer
+
+GAN_HP = {"lr": 1e-3, "lr_d": 1e-3, "gan_loss": "hinge", "r1_gamma": 0.1, "r1_every": 4,
+          "diffaugment": "color,translation,cutout", "ema_decay": 0.99, "ada_target": 0.6}
+VAE_HP = {"lr": 1e-3, "beta": 1.0, "kl_warmup": 0, "recon": "l1", "ssim_weight": 0.2, "ema_decay": 0.99,
+          "adv_weight": 0.5, "diffaugment": ""}
+MODEL = {"image_size": 32, "width": 8, "latent_dim": 16, "num_classes": 2}
+
+
+def test_ada_probability_follows_the_overfitting_signal() -> None:
+    t = GANTrainer(MODEL, GAN_HP, device=torch.device("cpu"), fov_mask=None)
+    assert t.ada_p == 0.0
+    for _ in range(trainers.ADA_INTERVAL):
+        t._ada_adjust(torch.ones(8), 8)  # D sure that every real is real: overfitting
+    rise = trainers.ADA_INTERVAL * 8 / trainers.ADA_IMAGES
+    assert abs(t.ada_p - rise) < 1e-12
+    for _ in range(3 * trainers.ADA_INTERVAL):
+        t._ada_adjust(-torch.ones(8, 5), 8)  # (B, 1 + P) logits: the whole-image column counts
+    assert t.ada_p == 0.0  # clamped, never negative
+    # the state travels in the checkpoint
+    t.ada_p = 0.25
+    t._ada_adjust(torch.ones(8), 8)
+    other = GANTrainer(MODEL, GAN_HP, device=torch.device("cpu"), fov_mask=None)
+    other.load_state(t.state())
+    assert (other.ada_p, other._ada_sum, other._ada_n) == (0.25, 8.0, 8)
+
+
+def test_ada_p_zero_means_no_augmentation_and_one_means_always() -> None:
+    t = GANTrainer(MODEL, GAN_HP, device=torch.device("cpu"), fov_mask=None)
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(t._aug(x, gen), x)
+    t.ada_p = 1.0
+    assert not torch.equal(t._aug(x, gen), x)
+
+
+def test_vae_adversarial_term_trains_a_discriminator_and_reaches_the_decoder() -> None:
+    torch.manual_seed(0)
+    t = VAETrainer(MODEL, VAE_HP, device=torch.device("cpu"), fov_mask=None)
+    assert t.D is not None
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    y = torch.tensor([0, 1, 0, 1])
+    d_before = [p.detach().clone() for p in t.D.parameters()]
+    out = t.step(x, y, 0, torch.Generator().manual_seed(0))
+    assert {"d_loss", "adv", "adv_w"} <= set(out) and out["adv_w"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, t.D.parameters()))
+    state = t.state()
+    assert set(state["models"]) == {"vae", "discriminator"}
+    assert set(state["optimizers"]) == {"vae", "discriminator"}
+    # the VAE optimizer must not move the discriminator (it has its own)
+    vae_params = {id(p) for group in t.opt.param_groups for p in group["params"]}
+    assert not any(id(p) in vae_params for p in t.D.parameters())
+    plain = VAETrainer(MODEL, {**VAE_HP, "adv_weight": 0.0}, device=torch.device("cpu"), fov_mask=None)
+    assert plain.D is None and set(plain.state()["models"]) == {"vae"}
