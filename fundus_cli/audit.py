@@ -33,8 +33,6 @@ floating-point sums, which those change.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import math
 import tempfile
@@ -49,7 +47,7 @@ from fundus_cli import __version__
 from fundus_cli.data import h5
 from fundus_cli.data.quality import DUP_CORRELATION, detail_signature, phash
 from fundus_cli.errors import FundusError
-from fundus_cli.fsio import write_text_atomic
+from fundus_cli.fsio import write_csv_atomic, write_text_atomic
 from fundus_cli.privacy import preprocess as pp
 from fundus_cli.privacy import stats as st
 from fundus_cli.privacy.decision import Decision, Flag, Thresholds, decide
@@ -710,14 +708,12 @@ def _fmt(x: Any) -> str:
 
 def _write_flagged(path: Path, decision: Decision, s_sources: list[str], t_sources: list[str],
                    t_patients: list[str]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(FLAGGED_COLUMNS)
+    rows: list[list[str]] = [list(FLAGGED_COLUMNS)]
     for f in decision.flags:
         row = f.row() | {"synthetic_source": s_sources[f.synthetic], "train_source": t_sources[f.train_index],
                          "train_patient": t_patients[f.train_index]}
-        w.writerow([_fmt(row[c]) for c in FLAGGED_COLUMNS])
-    write_text_atomic(path, buf.getvalue())
+        rows.append([_fmt(row[c]) for c in FLAGGED_COLUMNS])
+    write_csv_atomic(path, rows)  # neutralises spreadsheet formulas in names and patient ids
 
 
 # --------------------------------------------------------------------------- report.json

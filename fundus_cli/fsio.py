@@ -159,3 +159,38 @@ def folder_lock(folder: Path, *, command: str) -> Iterator[dict[str, Any]]:
         except OSError:
             pass
         os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------
+# CSV files that people open in spreadsheets
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> str:
+    """`value` as a CSV cell that no spreadsheet runs as a formula.
+
+    File names and patient ids are untrusted: a cell such as `=cmd|' /C calc'!A0` is run by
+    Excel and LibreOffice when the CSV is opened. Text starting with = + - @ tab or CR gets a
+    leading apostrophe (OWASP's advice); numbers such as -0.25 are left as they are.
+    """
+    text = "" if value is None else str(value)
+    if text.startswith(_FORMULA_START):
+        try:
+            float(text)
+            return text
+        except ValueError:
+            return "'" + text
+    return text
+
+
+def write_csv_atomic(path: Path, rows: Any, *, preamble: str = "") -> None:
+    """Write `rows` (sequences of cells) as CSV, every cell through `csv_cell`, atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    for row in rows:
+        w.writerow([csv_cell(v) for v in row])
+    write_text_atomic(path, preamble + buf.getvalue())

@@ -37,7 +37,7 @@ from fundus_cli.data.quality import (DUP_CORRELATION, detail_signature, duplicat
                                      quality_failures, quality_measures)
 from fundus_cli.data.split import split_holdout, split_units
 from fundus_cli.errors import FundusError
-from fundus_cli.fsio import atomic_path, folder_lock, write_json_atomic
+from fundus_cli.fsio import folder_lock, write_csv_atomic, write_json_atomic
 from fundus_cli.progress import track
 
 STAGING_DIR = ".ingest-staging"
@@ -646,17 +646,9 @@ def _count_by_label(labels: list[int], names: tuple[str, ...]) -> dict[str, int]
 
 
 def _write_mapping(path: Path, salt: str, mapping: list[tuple[str, str, str]]) -> None:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["kind", "pseudonym", "original"])
-    for row in sorted(set(mapping)):
-        w.writerow(row)
-    with atomic_path(path) as tmp:
-        tmp.write_text(f"# salt={salt}\n# keep this file with the data owner: it turns pseudonyms back into names\n"
-                       + buf.getvalue(), encoding="utf-8")
+    rows = [("kind", "pseudonym", "original"), *sorted(set(mapping))]
+    write_csv_atomic(path, rows, preamble=f"# salt={salt}\n# keep this file with the data owner: it turns "
+                                          "pseudonyms back into names\n")
     os.chmod(path, 0o600)
 
 
@@ -667,6 +659,30 @@ def _report(cfg: IngestConfig, raw: Path, rels: list[str], ignored: list[str], r
             map_path: Path | None, public: Any = None) -> dict[str, Any]:
     def name(rel: str) -> str:
         return public("source", rel) if public is not None else (rel if not cfg.pseudonymize else "(pseudonymized)")
+
+    # With --pseudonymize nothing identifying may leave: folder and labels-file paths (which may
+    # carry a patient's name) are replaced in every free-text field, and a rejected file's own
+    # name in its reason by its pseudonym.
+    hidden: list[tuple[str, str]] = []
+    if cfg.pseudonymize:
+        for path, placeholder in ((raw, "<input folder>"),
+                                  *(((Path(cfg.labels), "<labels file>"),) if cfg.labels not in
+                                    (None, LABELS_FROM_FOLDERS) else ())):
+            for form in {str(path), path.as_posix(), str(path.resolve()), os.path.abspath(path)}:
+                hidden.append((form, placeholder))
+        hidden.sort(key=lambda h: -len(h[0]))  # longest first: a resolved path contains the short one
+
+    def scrub(text: str, rel: str | None = None) -> str:
+        if not cfg.pseudonymize:
+            return text
+        if rel:
+            text = text.replace(rel, name(rel))
+        for value, placeholder in hidden:
+            text = text.replace(value, placeholder)
+        return text
+
+    if cfg.pseudonymize and label_desc.get("source") not in (None, "folders"):
+        label_desc = {**label_desc, "source": "(pseudonymized)"}
 
     seconds = time.perf_counter() - t0
     processed = len(rels) - resumed
@@ -691,12 +707,12 @@ def _report(cfg: IngestConfig, raw: Path, rels: list[str], ignored: list[str], r
                    "holdout": int(is_holdout.sum()) if is_holdout is not None else 0,
                    "per_split_and_class": counts,
                    "patients": len({it.patient for it in items})},
-        "rejected": [{"source": name(r["source"]), "reason": r["reason"]} for r in rejected],
+        "rejected": [{"source": name(r["source"]), "reason": scrub(r["reason"], r["source"])} for r in rejected],
         "conversions": dict(conversions),
         "duplicates": {"threshold_bits": cfg.dup_threshold, "groups": [[name(s) for s in g] for g in dup_list],
                        "images_in_groups": sum(len(g) for g in dup_list)},
         "quality": quality_summary,
-        "notes": notes,
+        "notes": [scrub(n) for n in notes],
         "timing": {"seconds": round(seconds, 3), "images_processed": processed, "resumed": resumed,
                    "images_per_second": round(processed / seconds, 2) if seconds > 0 else None},
     }
