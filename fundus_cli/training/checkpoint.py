@@ -20,6 +20,7 @@ checkpoint from a colleague is as safe to open as a JSON file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -101,6 +102,91 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
         raise FundusError(f"{path}: checkpoint format {ckpt['format_version']} (fundus-cli "
                           f"{ckpt['fundus_cli_version']}); this fundus-cli reads format {CHECKPOINT_VERSION}. "
                           f"Use fundus-cli {ckpt['fundus_cli_version']} or train again.")
-    if not isinstance(ckpt["models"], dict) or not isinstance(ckpt["model_config"], dict):
-        raise FundusError(f"{path}: checkpoint has malformed model entries.")
+    _validate_structure(ckpt, path)
     return ckpt
+
+
+def _damaged(path: Path, what: str) -> FundusError:
+    return FundusError(f"{path}: damaged checkpoint ({what}). Use another one (runs/<arch>/checkpoint-*.pt) or "
+                       "train again.")
+
+
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+# The networks each architecture keeps under "models"/"ema"/"optimizers", and where they live in
+# the module that `build_model` returns ("" = the module itself).
+_NETWORKS = {"gan": {"generator": "generator", "discriminator": "discriminator"}, "vae": {"vae": ""}}
+
+
+def _validate_structure(ckpt: dict[str, Any], path: Path) -> None:
+    """Check every entry that sample, train --resume and info rely on, and that the weights fit the
+    network that `model_config` describes, so that a checkpoint with the right marker but wrong
+    contents is a clear error here and never a traceback later."""
+    arch = ckpt["arch"]
+    if arch not in _NETWORKS:
+        raise _damaged(path, f"unknown architecture {arch!r}; known: {', '.join(_NETWORKS)}")
+    for key in ("model_config", "train_config", "models"):
+        if not isinstance(ckpt[key], dict) or not all(isinstance(k, str) for k in ckpt[key]):
+            raise _damaged(path, f"'{key}' is not a dictionary")
+    step = ckpt["step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise _damaged(path, "'step' is not a step number")
+    if not isinstance(ckpt["class_names"], (list, tuple)) or not all(isinstance(c, str) for c in ckpt["class_names"]):
+        raise _damaged(path, "'class_names' is not a list of names")
+    if not isinstance(ckpt["image_size"], int) or not isinstance(ckpt["dataset_fingerprint"], str):
+        raise _damaged(path, "'image_size' or 'dataset_fingerprint' has the wrong type")
+    mc = ckpt["model_config"]
+    for key in ("image_size", "latent_dim"):
+        if not isinstance(mc.get(key), int) or isinstance(mc.get(key), bool) or mc[key] <= 0:
+            raise _damaged(path, f"model_config lacks a positive integer '{key}'")
+    from fundus_cli.training.loop import TrainConfig
+
+    unknown = set(ckpt["train_config"]) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise _damaged(path, f"train_config has unknown settings {sorted(unknown)}")
+    for key in ("models", "ema", "optimizers", "rng"):
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            raise _damaged(path, f"'{key}' is not a dictionary")
+    for key in ("models", "ema"):
+        for name, state in ckpt.get(key, {}).items():
+            if not _is_state_dict(state):
+                raise _damaged(path, f"'{key}/{name}' is not a set of named tensors")
+    for name, state in ckpt.get("optimizers", {}).items():
+        if not (isinstance(state, dict) and isinstance(state.get("state"), dict)
+                and isinstance(state.get("param_groups"), list)
+                and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in state["param_groups"])):
+            raise _damaged(path, f"optimizer state '{name}' is malformed")
+    for name, state in ckpt.get("rng", {}).items():
+        if not (isinstance(state, torch.Tensor) and state.dtype == torch.uint8):
+            raise _damaged(path, f"random-generator state '{name}' is malformed")
+    if "optimizers" in ckpt and "rank0" not in ckpt.get("rng", {}):
+        raise _damaged(path, "it has optimizer states but no random-generator state 'rank0' to resume from")
+
+    from fundus_cli.models import build_model
+
+    try:
+        model = build_model(arch, mc)
+    except Exception as e:  # the config is untrusted: any way it fails to build is "damaged"
+        raise _damaged(path, f"model_config does not build a {arch} ({type(e).__name__}: {str(e)[:200]})") from None
+    for name, attr in _NETWORKS[arch].items():
+        net = getattr(model, attr) if attr else model
+        if name not in ckpt["models"]:
+            raise _damaged(path, f"'models' lacks '{name}'")
+        for key in ("models", "ema"):
+            state = ckpt.get(key, {}).get(name)
+            if state is None:
+                continue
+            try:
+                net.load_state_dict(state, strict=True)
+            except Exception as e:
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                raise _damaged(path, f"'{key}/{name}' does not fit the network in model_config: {first}") from None
+        opt = ckpt.get("optimizers", {}).get(name)
+        if opt is not None:
+            n_saved = sum(len(g["params"]) for g in opt["param_groups"])
+            n_params = len(list(net.parameters()))
+            if n_saved != n_params:
+                raise _damaged(path, f"optimizer state '{name}' is for {n_saved} parameters, the network has "
+                                     f"{n_params}")
