@@ -136,6 +136,14 @@ def _describe_checkpoint(path: Path) -> dict[str, Any]:
             "train_config": ck["train_config"]}
 
 
+def _conflicting_label_groups(groups: np.ndarray, labels: np.ndarray) -> int:
+    """Duplicate groups whose copies carry two or more different known labels."""
+    known = labels >= 0
+    pairs = np.unique(np.stack([groups[known], labels[known]]), axis=1) if known.any() else np.zeros((2, 0))
+    _, per_group = np.unique(pairs[0], return_counts=True) if pairs.size else (None, np.array([]))
+    return int((per_group > 1).sum())
+
+
 def _describe_dataset(path: Path, *, verify: bool) -> dict[str, Any]:
     from fundus_cli.data import h5
 
@@ -162,6 +170,9 @@ def _describe_dataset(path: Path, *, verify: bool) -> dict[str, Any]:
             "label_counts": counts,
             "patients": len(set(patients)),
             "duplicate_groups": int((group_sizes > 1).sum()),
+            "duplicate_groups_with_conflicting_labels": _conflicting_label_groups(groups, labels),
+            "duplicate_groups_across_patients": (info.provenance.get("duplicates") or {}).get("patient_conflicts")
+            if isinstance(info.provenance.get("duplicates"), dict) else None,
             "pseudonymized": info.pseudonymized,
             "fingerprint": info.fingerprint,
             "schema_version": info.schema_version,

@@ -199,6 +199,9 @@ def ingest_cmd(
         help="Reject images below limits, e.g. 'brightness=0.08,sharpness=20' "
              "(names: brightness, contrast, sharpness, fov_fraction).")] = None,
     dup_threshold: Annotated[int, typer.Option(help="Perceptual-hash bits that may differ between near duplicates.")] = 4,
+    duplicates: Annotated[str, typer.Option(
+        help="Copies of one photograph: keep (all, and warn when they disagree on label or patient), first (keep one "
+             "per photograph), drop-conflicts (leave out every copy of a photograph filed under two labels).")] = "keep",
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -211,7 +214,7 @@ def ingest_cmd(
                            patient_column=patient_column, patient_regex=patient_regex,
                            holdout_fraction=holdout_fraction, seed=seed, workers=workers, pseudonymize=pseudonymize,
                            salt=salt, pseudonym_map=pseudonym_map, min_quality=min_quality,
-                           dup_threshold=dup_threshold, force=force)
+                           dup_threshold=dup_threshold, duplicates=duplicates, force=force)
     r = api.ingest(cfg)
     if not _state["quiet"]:
         _notes(r.notes)
@@ -227,12 +230,19 @@ def ingest_cmd(
         err.print(table)
         err.print(f"rejected: {r.n_rejected}   duplicate groups: {r.n_duplicate_groups}   "
                   f"time: {r.seconds:.1f} s" + (f"   resumed: {r.resumed_images}" if r.resumed_images else ""))
+        if r.n_label_conflicts or r.n_patient_conflicts:
+            err.print(_styled("duplicates:", "bold yellow",
+                              f" {r.n_label_conflicts} photographs filed under two labels, {r.n_patient_conflicts} "
+                              f"under two patient ids (see 'duplicates' in {r.report})"
+                              + (f"; {r.n_dropped_duplicates} copies left out" if r.n_dropped_duplicates else
+                                 "; --duplicates drop-conflicts leaves out the mislabelled copies")))
         err.print(f"read  {raw}\nwrote {r.train}\n      {r.holdout}\n      {r.report}")
         if r.pseudonym_map:
             err.print(Text.assemble(f"      {r.pseudonym_map}  ", ("(pseudonym mapping: keep it with the data owner, "
                                     "do not share it with the data)", "bold yellow")), soft_wrap=True)
     _emit(r.train, {"train": r.train, "holdout": r.holdout, "report": r.report, "n_train": r.n_train,
-                    "n_holdout": r.n_holdout, "rejected": r.n_rejected}, as_json)
+                    "n_holdout": r.n_holdout, "rejected": r.n_rejected, "duplicate_label_conflicts": r.n_label_conflicts,
+                    "duplicate_patient_conflicts": r.n_patient_conflicts}, as_json)
 
 
 class Arch(str, Enum):

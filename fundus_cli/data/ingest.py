@@ -65,6 +65,7 @@ class IngestConfig:
     pseudonym_map: Path | None = None  # where the pseudonym mapping goes (default: <out>/pseudonym-map.csv)
     min_quality: str | None = None  # e.g. "brightness=0.08,sharpness=20"
     dup_threshold: int = 4  # perceptual-hash bits that may differ between near duplicates
+    duplicates: str = "keep"  # keep | first | drop-conflicts: what to do with copies of one photograph
     force: bool = False  # overwrite existing outputs
     reduced_decode: bool = True  # decode JPEGs at reduced scale when the target is small
 
@@ -85,6 +86,9 @@ class IngestResult:
     pseudonym_map: Path | None = None
     seconds: float = 0.0
     resumed_images: int = 0
+    n_label_conflicts: int = 0  # duplicate groups whose copies carry different labels
+    n_patient_conflicts: int = 0  # duplicate groups whose copies carry different patient ids
+    n_dropped_duplicates: int = 0  # copies left out by --duplicates first / drop-conflicts
 
 
 # ---------------------------------------------------------------------------------------
@@ -359,6 +363,7 @@ class _Item:
     notes: list[str]
     label: int = -1
     patient: str = ""
+    patient_known: bool = False  # from the CSV or --patient-regex, not the one-image-one-patient fallback
 
 
 def _pseudonym(salt: str, kind: str, value: str) -> str:
@@ -515,6 +520,7 @@ def _ingest_locked(cfg: IngestConfig, *, t0: float, rels: list[str], ignored: li
             if patient is None:
                 unmatched_regex += 1
         it.patient = patient if patient is not None else f"image:{it.rel}"
+        it.patient_known = patient is not None
     if rx is not None and unmatched_regex == len(items):
         raise FundusError(f"--patient-regex {cfg.patient_regex!r} matches none of the file names "
                           f"(e.g. {Path(items[0].rel).name!r}). Fix the pattern.")
@@ -546,6 +552,21 @@ def _ingest_locked(cfg: IngestConfig, *, t0: float, rels: list[str], ignored: li
         for r in readers.values():
             r.close()
         raise
+    conflicts = _duplicate_conflicts(items, groups, names)
+    keep = _apply_duplicate_policy(cfg.duplicates, items, groups, conflicts, rejected)
+    n_dropped = int((~keep).sum())
+    if n_dropped == len(items):
+        raise FundusError(f"--duplicates {cfg.duplicates} left no image: every one was a conflicting copy. Use "
+                          "--duplicates keep and fix the labels (see the duplicates in the ingest report).")
+    if n_dropped:
+        items = [it for it, k in zip(items, keep) if k]
+        groups = groups[keep]
+        for r in readers.values():
+            r.close()
+        readers.clear()
+        signature.cache_clear()
+    if conflicts["label"] or conflicts["patient"]:
+        notes.append(_conflict_note(conflicts, cfg.duplicates, n_dropped))
     units = split_units([it.patient for it in items], groups)
     labels = np.array([it.label for it in items])
     is_holdout = split_holdout(units, labels, holdout_fraction=cfg.holdout_fraction, seed=cfg.seed)
@@ -553,6 +574,7 @@ def _ingest_locked(cfg: IngestConfig, *, t0: float, rels: list[str], ignored: li
     for i, g in enumerate(groups):
         dup_members[int(g)].append(i)
     dup_list = [[items[i].rel for i in m] for m in dup_members.values() if len(m) > 1]
+    side_of = {it.rel: bool(is_holdout[i]) for i, it in enumerate(items)}
 
     salt = cfg.salt or (secrets.token_hex(16) if cfg.pseudonymize else "")
     mapping: list[tuple[str, str, str]] = []
@@ -573,7 +595,12 @@ def _ingest_locked(cfg: IngestConfig, *, t0: float, rels: list[str], ignored: li
             for split, path, want in (("train", train_path, False), ("holdout", holdout_path, True)):
                 chosen = [i for i in range(len(items)) if bool(is_holdout[i]) == want]
                 provenance = {"split_id": split_id, "holdout_fraction": cfg.holdout_fraction, "seed": cfg.seed,
-                              "source_folder": "(pseudonymized)" if cfg.pseudonymize else str(raw)}
+                              "source_folder": "(pseudonymized)" if cfg.pseudonymize else str(raw),
+                              # conflicts whose copies are (still) in this file, for `fundus info`
+                              "duplicates": {"policy": cfg.duplicates, **{
+                                  f"{kind}_conflicts": sum(1 for g in conflicts[kind]
+                                                           if any(side_of.get(rel) is want for rel, _, _ in g))
+                                  for kind in ("label", "patient")}}}
                 with h5.DatasetWriter(path, image_size=cfg.size, split=split, class_names=names, options=options,
                                       provenance=provenance, pseudonymized=cfg.pseudonymize) as w:
                     for i in chosen:
@@ -597,6 +624,7 @@ def _ingest_locked(cfg: IngestConfig, *, t0: float, rels: list[str], ignored: li
         _write_mapping(map_path, salt, mapping)
     report = _report(cfg, raw, rels, ignored, rejected, items, names, counts, label_desc, notes, conversions,
                      dup_list, fingerprints, t0, resumed, is_holdout, map_path if cfg.pseudonymize else None,
+                     conflicts=conflicts, dropped=n_dropped,
                      public=public)
     write_json_atomic(report_path, report)
     shutil.rmtree(staging, ignore_errors=True)
@@ -604,9 +632,79 @@ def _ingest_locked(cfg: IngestConfig, *, t0: float, rels: list[str], ignored: li
         train=train_path, holdout=holdout_path, report=report_path,
         n_train=int((~is_holdout).sum()), n_holdout=int(is_holdout.sum()), n_found=len(rels),
         n_rejected=len(rejected), n_duplicate_groups=len(dup_list), class_names=names, counts=counts,
+        n_label_conflicts=len(conflicts["label"]), n_patient_conflicts=len(conflicts["patient"]),
+        n_dropped_duplicates=n_dropped,
         notes=notes, pseudonym_map=map_path if cfg.pseudonymize else None,
         seconds=time.perf_counter() - t0, resumed_images=resumed,
     )
+
+
+DUPLICATE_POLICIES = ("keep", "first", "drop-conflicts")
+
+
+def _duplicate_conflicts(items: list[_Item], groups: np.ndarray,
+                         names: tuple[str, ...]) -> dict[str, list[list[tuple[str, str, str]]]]:
+    """Duplicate groups whose copies disagree: {"label": [...], "patient": [...]}, each group a list
+    of (file, label name, patient id).
+
+    One photograph under two labels is a labelling error that a classifier (and the usefulness
+    test) inherits; under two patient ids it is a possible identity error, which also breaks the
+    patient split's promise. Unknown labels and the one-image-one-patient fallback are not
+    evidence of either.
+    """
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[int(g)].append(i)
+    out: dict[str, list[list[tuple[str, str, str]]]] = {"label": [], "patient": []}
+    for m in members.values():
+        if len(m) < 2:
+            continue
+        desc = [(items[i].rel, names[items[i].label] if items[i].label >= 0 else "unknown", items[i].patient)
+                for i in m]
+        if len({items[i].label for i in m if items[i].label >= 0}) > 1:
+            out["label"].append(desc)
+        if len({items[i].patient for i in m if items[i].patient_known}) > 1:
+            out["patient"].append(desc)
+    return out
+
+
+def _apply_duplicate_policy(policy: str, items: list[_Item], groups: np.ndarray,
+                            conflicts: dict[str, list[list[tuple[str, str, str]]]],
+                            rejected: list[dict[str, str]]) -> np.ndarray:
+    """Which items stay; the ones left out are added to `rejected` with the reason."""
+    keep = np.ones(len(items), bool)
+    index = {it.rel: i for i, it in enumerate(items)}
+    if policy == "first":
+        seen: set[int] = set()
+        for i, g in enumerate(groups):  # items are in file-name order: the first name wins
+            if int(g) in seen:
+                keep[i] = False
+                rejected.append({"source": items[i].rel, "reason": "duplicate: another copy of this photograph "
+                                 "(the first by file name) was kept (--duplicates first)"})
+            seen.add(int(g))
+    elif policy == "drop-conflicts":
+        for group in conflicts["label"]:
+            labels = ", ".join(sorted({lab for _, lab, _ in group}))
+            for rel, _, _ in group:
+                keep[index[rel]] = False
+                rejected.append({"source": rel, "reason": f"duplicate with conflicting labels ({labels}): every "
+                                 "copy left out (--duplicates drop-conflicts)"})
+    return keep
+
+
+def _conflict_note(conflicts: dict[str, list[Any]], policy: str, dropped: int) -> str:
+    n_lab, n_pat = len(conflicts["label"]), len(conflicts["patient"])
+    parts = []
+    if n_lab:
+        parts.append(f"{n_lab} group{'s' if n_lab > 1 else ''} of copies of one photograph carry different labels")
+    if n_pat:
+        parts.append(f"{n_pat} group{'s' if n_pat > 1 else ''} of copies carry different patient ids "
+                     "(possible identity errors)")
+    what = "; ".join(parts) + ": listed under 'duplicates' in ingest-report.json"
+    if policy == "keep":
+        return (f"duplicates: {what}. All copies were kept; --duplicates drop-conflicts leaves out the copies with "
+                "conflicting labels, --duplicates first keeps one copy of every photograph")
+    return f"duplicates: {what}. --duplicates {policy} left out {dropped} copies"
 
 
 def _check_config(cfg: IngestConfig) -> None:
@@ -621,6 +719,8 @@ def _check_config(cfg: IngestConfig) -> None:
         raise FundusError(f"--holdout-fraction {cfg.holdout_fraction}: choose a value in [0, 1) (default 0.2).")
     if cfg.workers < 0:
         raise FundusError(f"--workers {cfg.workers}: give 0 (all cores) or a positive number.")
+    if cfg.duplicates not in DUPLICATE_POLICIES:
+        raise FundusError(f"--duplicates {cfg.duplicates}: choose one of {', '.join(DUPLICATE_POLICIES)}.")
     if not 0 <= cfg.dup_threshold <= 32:
         raise FundusError(f"--dup-threshold {cfg.dup_threshold}: choose 0..32 bits (default 4).")
     if cfg.labels not in (None, LABELS_FROM_FOLDERS) and not Path(cfg.labels).is_file():
@@ -656,7 +756,8 @@ def _report(cfg: IngestConfig, raw: Path, rels: list[str], ignored: list[str], r
             items: list[_Item], names: tuple[str, ...], counts: dict[str, dict[str, int]],
             label_desc: dict[str, Any], notes: list[str], conversions: Counter[str], dup_list: list[list[str]],
             fingerprints: dict[str, str], t0: float, resumed: int, is_holdout: np.ndarray | None,
-            map_path: Path | None, public: Any = None) -> dict[str, Any]:
+            map_path: Path | None, public: Any = None, conflicts: dict[str, list[Any]] | None = None,
+            dropped: int = 0) -> dict[str, Any]:
     def name(rel: str) -> str:
         return public("source", rel) if public is not None else (rel if not cfg.pseudonymize else "(pseudonymized)")
 
@@ -710,6 +811,11 @@ def _report(cfg: IngestConfig, raw: Path, rels: list[str], ignored: list[str], r
         "rejected": [{"source": name(r["source"]), "reason": scrub(r["reason"], r["source"])} for r in rejected],
         "conversions": dict(conversions),
         "duplicates": {"threshold_bits": cfg.dup_threshold, "groups": [[name(s) for s in g] for g in dup_list],
+                       "policy": cfg.duplicates, "dropped": dropped,
+                       **{f"{kind}_conflicts": [
+                           {"files": [name(rel) for rel, _, _ in g], "labels": [lab for _, lab, _ in g],
+                            "patients": [public("patient", pat) if public is not None else pat for _, _, pat in g]}
+                           for g in (conflicts or {}).get(kind, [])] for kind in ("label", "patient")},
                        "images_in_groups": sum(len(g) for g in dup_list)},
         "quality": quality_summary,
         "notes": [scrub(n) for n in notes],
