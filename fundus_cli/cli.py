@@ -32,7 +32,19 @@ EXIT_CODES_HELP = ("Exit codes: 0 success, 1 audit failed, 2 bad input or usage,
                    f"{EXIT_INTERNAL} internal error (a bug: rerun with --debug), 130 interrupted.")
 
 
-def _handle_errors(fn: Callable[..., None]) -> Callable[..., None]:
+# What running the command again does after Ctrl-C, so that the message never promises a resume
+# that does not happen.
+_AFTER_INTERRUPT = {
+    "ingest": "run the same command again to resume: photographs already decoded are not decoded again.",
+    "train": "run the same command again with --resume to continue from the last checkpoint.",
+    "sample": "the same command starts over and makes the same images (split a long run with --seed-start and "
+              "--n to keep finished parts).",
+    "demo": "run the same command again to resume: finished steps are skipped.",
+}
+_START_OVER = "run the same command again to start over."
+
+
+def _handle_errors(fn: Callable[..., None], name: str = "") -> Callable[..., None]:
     """Turn every failure into one line on stderr and a documented exit code (a traceback only
     with --debug): FundusError and fixable OS problems (no permission, full disk) -> 2,
     Ctrl-C -> 130, anything else -> EXIT_INTERNAL (a bug), never 1, which means "audit failed".
@@ -54,8 +66,8 @@ def _handle_errors(fn: Callable[..., None]) -> Callable[..., None]:
         except KeyboardInterrupt:
             if _state["debug"]:
                 raise
-            err.print(_styled("interrupted", "yellow", ": nothing was left half-written; run the same command again to "
-                                                        "resume."), soft_wrap=True)
+            err.print(_styled("interrupted", "yellow", ": nothing was left half-written; "
+                              + _AFTER_INTERRUPT.get(name, _START_OVER)), soft_wrap=True)
             _exit(130)
         except Exception as e:
             if _state["debug"]:
@@ -90,7 +102,7 @@ def _exit(code: int) -> None:
 
 def command(name: str, short_help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     def register(fn: Callable[..., None]) -> Callable[..., None]:
-        return app.command(name, short_help=short_help)(_handle_errors(fn))
+        return app.command(name, short_help=short_help)(_handle_errors(fn, name))
 
     return register
 

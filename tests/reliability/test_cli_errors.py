@@ -160,3 +160,24 @@ def test_os_error_mapping_names_the_folder() -> None:
                            "error message = 'No space left on device')")
     assert str(from_os_error(h5_text)).startswith("/d: no space left")
     assert from_os_error(FileNotFoundError(2, "x", "/a")) is None
+
+
+def test_interrupted_sample_says_it_starts_over_and_leaves_nothing(cli, tiny_runs: dict, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from fundus_cli import sampling
+
+    calls = {"n": 0}
+    real = sampling.Sampler.__call__
+
+    def interrupted(self, *a, **k):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(sampling.Sampler, "__call__", interrupted)
+    out = tmp_path / "s.h5"
+    r = cli("sample", "--checkpoint", tiny_runs["gan"], "--n", "8", "--batch", "4", "--out", out, "--device", "cpu")
+    assert r.code == 130
+    assert "starts over" in r.err and "resume" not in r.err
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
