@@ -75,7 +75,8 @@ class TrainConfig:
     seed: int = 0  # everything random derives from it
     device: str = "auto"  # auto | cpu | cuda
     conditional: bool = False  # condition on the labels (so `sample --label` works)
-    mirror: bool = True  # random horizontal flips (left and right eyes are mirror images)
+    mirror: bool = True  # use the mirror symmetry of left and right eyes (see orient)
+    orient: bool = True  # with mirror: turn every optic disc to the right (else random flips)
     cache: str = "auto"  # auto | memory | stream
     snapshot_every: int | None = None  # steps between checkpoints (default: ~10 per run)
     sample_every: int | None = None  # steps between sample grids (default: ~5 per run)
@@ -207,7 +208,7 @@ def model_config(cfg: TrainConfig, n_classes: int) -> dict[str, Any]:
     # Both models use the mirror symmetry of left and right eyes by learning one orientation
     # (optic disc on the right) and mirroring half of their samples (training/orientation.py).
     mc: dict[str, Any] = {"image_size": cfg.size, "width": cfg.width, "latent_dim": cfg.latent_dim,
-                          "num_classes": n_classes if cfg.conditional else 0, "orient": cfg.mirror}
+                          "num_classes": n_classes if cfg.conditional else 0, "orient": cfg.mirror and cfg.orient}
     if cfg.arch == "gan":
         mc["discriminator"] = cfg.discriminator
         mc["generator"] = cfg.generator
