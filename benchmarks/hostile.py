@@ -307,6 +307,11 @@ def build(root: Path) -> list[Case]:
                                                   full / "s.h5", "--device", "cpu"], {2}, env="tmpfs",
                       check=lambda r: None if "no space left" in r["stderr"] else "not reported as a full disk"))
 
+    cases.append(Case("train onto a full disk", ["train", "--data", data / "train.h5", "--out", full / "run",
+                                                 "--steps", "3", "--size", "32", "--batch", "2", "--width", "32",
+                                                 "--device", "cpu"], {2}, env="tmpfs",
+                      check=lambda r: None if "no space left" in r["stderr"] else "not reported as a full disk"))
+
     # 6. checkpoints: right marker, wrong contents; and pickles that would run code
     pristine = torch.load(ckpt, weights_only=True)
 

@@ -51,11 +51,16 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any], *, keep: int) -> Pat
     payload = {"format": FORMAT, "format_version": CHECKPOINT_VERSION, "fundus_cli_version": __version__, **payload}
     numbered = run_dir / numbered_name(int(payload["step"]))
     tmp = tmp_path_for(numbered)
+    need = _tensor_bytes(payload) + (1 << 20)
+    _check_space(run_dir, numbered, need)
     try:
         torch.save(payload, tmp)
         commit_tmp(tmp, numbered)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, RuntimeError):
+            # torch reports a full disk as "unexpected pos ..." / "file write failed", no errno.
+            _check_space(run_dir, numbered, need)
         raise
     # checkpoint.pt is a hard link to the newest numbered file (no second copy on disk);
     # linking to a temporary name and renaming keeps the switch atomic.
@@ -71,6 +76,30 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any], *, keep: int) -> Pat
     for old in list_numbered(run_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return numbered
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _check_space(run_dir: Path, path: Path, need: int) -> None:
+    """Refuse to write a checkpoint that does not fit: a full disk is the user's to fix (exit 2)."""
+    import errno
+    import shutil
+
+    try:
+        free = shutil.disk_usage(run_dir).free
+    except OSError:
+        return
+    if free < need:
+        raise OSError(errno.ENOSPC, f"No space left on device ({free / 2**20:.1f} MB free, the checkpoint needs "
+                      f"about {need / 2**20:.1f} MB)", str(path))
 
 
 def list_numbered(run_dir: Path) -> list[Path]:

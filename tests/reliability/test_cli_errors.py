@@ -132,9 +132,10 @@ def _in_tmpfs_namespace(mounts: dict[Path, str]) -> list[str]:
     return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script + ' && exec "$@"', "sh"]
 
 
-def test_full_disk_exits_2_and_leaves_no_tmp(phantom_dir: Path, tiny_runs: dict, tmp_path: Path) -> None:
-    small, medium, tiny = tmp_path / "m600k", tmp_path / "m3m", tmp_path / "m200k"
-    prefix = _in_tmpfs_namespace({small: "600k", medium: "3m", tiny: "200k"})
+def test_full_disk_exits_2_and_leaves_no_tmp(phantom_dir: Path, tiny_runs: dict, tiny_data: Path,
+                                             tmp_path: Path) -> None:
+    small, medium, tiny, run = tmp_path / "m600k", tmp_path / "m3m", tmp_path / "m200k", tmp_path / "m300k"
+    prefix = _in_tmpfs_namespace({small: "600k", medium: "3m", tiny: "200k", run: "300k"})
     cases = [
         {"name": "ingest 600k", "args": ["ingest", phantom_dir, "--out", small / "data", "--size", "64",
                                          "--workers", "1"], "list": [small]},
@@ -142,6 +143,9 @@ def test_full_disk_exits_2_and_leaves_no_tmp(phantom_dir: Path, tiny_runs: dict,
                                        "--workers", "1"], "list": [medium]},
         {"name": "sample 200k", "args": ["sample", "--checkpoint", tiny_runs["gan"], "--n", "600", "--out",
                                          tiny / "s.h5", "--device", "cpu"], "list": [tiny]},
+        {"name": "train 300k", "args": ["train", "--data", tiny_data / "train.h5", "--out", run / "run", "--steps", "3",
+                                        "--size", "32", "--batch", "2", "--width", "32", "--device", "cpu"],
+         "list": [run]},
     ]
     results = run_many(cases, tmp_path / "driver", prefix=prefix)
     for name, r in results.items():
