@@ -25,7 +25,8 @@ one after another, or `--jobs 2` at a time as separate processes (each still one
                unconditional, as defined for 64 px; at 128 px one more layer on each side
     gan-start  `fundus train --arch gan --preset demo --conditional` with the settings of commit
                1c01205, where issue 10 started, pinned explicitly (resnet generator, strided
-               discriminator, no patch head, no ADA, cutout DiffAugment, batch 16, lr 5e-4, ...)
+               spectrally-normalised discriminator, no patch head, no ADA, cutout DiffAugment,
+               batch 16, lr 5e-4, ...)
     gan        the same command with the checkout's current defaults
     vae-start  `--arch vae --preset demo --conditional` as at 1c01205 (no adversarial term)
     vae        the same with the current defaults
@@ -105,7 +106,7 @@ START_COMMIT = "1c01205"
 CONTESTANTS: dict[str, dict[str, Any]] = {
     "dcgan": {"kind": "dcgan", "title": "DCGAN (pytorch/examples)"},
     "gan-start": {"kind": "fundus", "arch": "gan", "title": f"GAN @ {START_COMMIT}",
-                  "overrides": {"generator": "resnet", "patch_head": False, "ada_target": 0.0,
+                  "overrides": {"generator": "resnet", "patch_head": False, "d_spectral_norm": True, "ada_target": 0.0,
                                 "discriminator": "strided", "diffaugment": "cutout", "batch": 16, "lr": 5e-4,
                                 "lr_d": 5e-4, "width": 16, "latent_dim": 128, "gan_loss": "hinge",
                                 "r1_gamma": 0.1, "r1_every": 4, "ema_decay": 0.999}},
