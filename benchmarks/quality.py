@@ -35,7 +35,9 @@ share of the run meaningless; the one such default (the VAE's KL warm-up, steps 
 to the demo preset's 120 steps for both VAEs (HARNESS below). A pinned setting that is not a
 TrainConfig field in this checkout is dropped and listed (this checkout predates it, so its
 start value is the only behaviour). The pins fix the settings, not the code: a change to the
-resnet generator's code itself also changes gan-start.
+resnet generator's code itself also changes gan-start, and so does a new behaviour without a
+switch of its own (since 6be38d3 both models learn one optic-disc orientation whenever `mirror`
+is on, and the -start contestants keep mirror on, as at the start).
 
 After training, each contestant's EMA weights draw `--samples` images (512) through
 `fundus_cli.api.sample` (conditional models: classes in the training shares) into
