@@ -198,7 +198,6 @@ def train_dcgan(images: np.ndarray, minutes: float, *, seed: int = 0, batch: int
         loss_g.backward()
         opt_g.step()
         steps += 1
-    g.eval()
     return g, steps
 
 
@@ -220,10 +219,13 @@ def write_dcgan_samples(g: nn.Module, out: Path, *, n: int, train_h5: Path, step
     provenance = {"generator": "pytorch-examples DCGAN (benchmarks/quality.py)", "steps": steps,
                   "dataset_fingerprint": info.fingerprint, "seed": seed, "n": n,
                   "labels": "random in the training class shares (the DCGAN is unconditional)"}
+    # Batch-norm in training mode, in batches of 64, as pytorch/examples draws its sample grids
+    # (it never switches to eval mode; its running statistics lag far behind after short runs).
+    g.train()
     with h5.DatasetWriter(out, image_size=size, split="synthetic", kind="synthetic", class_names=names,
                           options={"n": n, "seed": seed}, provenance=provenance) as w, torch.no_grad():
         for b0 in range(0, n, 64):
-            imgs = to_uint8(g(torch.randn(min(64, n - b0), 100, 1, 1, generator=gen)))
+            imgs = to_uint8(g(torch.randn(64, 100, 1, 1, generator=gen)))[: n - b0]
             for k, img in enumerate(imgs):
                 i = b0 + k
                 label = int(rng.choice(len(names), p=shares)) if shares is not None else -1
@@ -396,12 +398,16 @@ def _f(x: float | None, fmt: str) -> str:
     return "-" if x is None or not np.isfinite(x) else format(x, fmt)
 
 
+def _ci(m: dict[str, float]) -> str:
+    return f"[{1e3 * m['ci_low']:.2f}, {1e3 * m['ci_high']:.2f}]"
+
+
 STAT_COLUMNS = (("vessel", "vessel_density", ".4f"), ("colour", "colour_emd", ".2f"),
                 ("sharp", "sharpness", ".1f"), ("disc", "disc_brightness", ".2f"))
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = (f"{'':<10} {'min':>5} {'steps':>6} {'img/s':>6} {'KID x1e3 [95% CI]':>21} {'+floor':>6} {'cls+fl':>6} "
+    head = (f"{'':<10} {'min':>5} {'steps':>6} {'img/s':>6} {'KIDx1e3':>8} {'95% CI':>17} {'+floor':>7} {'cls+fl':>7} "
             f"{'P':>5} {'R':>5} " + " ".join(f"{c:>7}" for c, _, _ in STAT_COLUMNS) + "  audit")
     lines = [head, "-" * len(head)]
     base = next((r for r in results if "evaluate" in r and "kid" in r["evaluate"].get("random", {})), None)
@@ -409,9 +415,9 @@ def table(results: list[dict[str, Any]]) -> str:
         e = base["evaluate"]["random"]
         k = e.get("kid_real_train", {})
         tv = e["fundus_statistics"].get("train_vs_real", {})
-        ci = f"[{1e3 * k['ci_low']:.2f},{1e3 * k['ci_high']:.2f}]" if k else ""
-        lines.append(f"{'real train':<10} {'':>5} {'':>6} {'':>6} {_f(1e3 * _v(e, 'kid_real_train'), '7.2f'):>7} "
-                     f"{ci:>13} {'':>6} {'':>6} {_f(_v(e, 'precision_real_train'), '.2f'):>5} "
+        ci = _ci(k) if k else ""
+        lines.append(f"{'real train':<10} {'':>5} {'':>6} {'':>6} {_f(1e3 * _v(e, 'kid_real_train'), '.2f'):>8} "
+                     f"{ci:>17} {'':>7} {'':>7} {_f(_v(e, 'precision_real_train'), '.2f'):>5} "
                      f"{_f(_v(e, 'recall_real_train'), '.2f'):>5} "
                      + " ".join(f"{_f(tv.get(key), fmt):>7}" for _, key, fmt in STAT_COLUMNS) + "  (the floor)")
     for r in results:
@@ -423,13 +429,13 @@ def table(results: list[dict[str, Any]]) -> str:
         tr = r["train"]
         if "kid" in e:
             k = e["kid"]
-            kid = f"{1e3 * k['value']:7.2f} [{1e3 * k['ci_low']:.2f},{1e3 * k['ci_high']:.2f}]"
+            kid = f"{1e3 * k['value']:8.2f} {_ci(k):>17}"
             sv = e["fundus_statistics"]["synthetic_vs_real"]
         else:
-            kid, sv = "eval error", {}
+            kid, sv = f"{'eval error':>26}", {}
         cls = _f(1e3 * c["kid_excess"], ".2f") if "kid_excess" in c else "-"
         lines.append(f"{r['name']:<10} {r['minutes']:>5g} {tr['steps']:>6d} {tr['images_per_cpu_second']:>6.1f} "
-                     f"{kid:>21} {_f(1e3 * e['kid_excess'] if 'kid_excess' in e else None, '.2f'):>6} {cls:>6} "
+                     f"{kid} {_f(1e3 * e['kid_excess'] if 'kid_excess' in e else None, '.2f'):>7} {cls:>7} "
                      f"{_f(_v(e, 'precision'), '.2f'):>5} {_f(_v(e, 'recall'), '.2f'):>5} "
                      + " ".join(f"{_f(sv.get(key), fmt):>7}" for _, key, fmt in STAT_COLUMNS)
                      + f"  {r['audit']['decision']}")
