@@ -24,20 +24,20 @@ one after another, or `--jobs 2` at a time as separate processes (each still one
     dcgan      the DCGAN of pytorch/examples (nz=100, ngf=ndf=64, BN, BCE, batch 64, Adam 2e-4),
                unconditional, as defined for 64 px; at 128 px one more layer on each side
     gan-start  `fundus train --arch gan --preset demo --conditional` with the settings of commit
-               1c01205, where issue 10 started, pinned explicitly (resnet generator, strided
-               spectrally-normalised discriminator, no patch head, no ADA, cutout DiffAugment,
-               batch 16, lr 5e-4, ...)
+               1c01205, where issue 10 started, pinned explicitly (random flips, not one disc
+               orientation; resnet generator, strided spectrally-normalised discriminator, no
+               patch head, no ADA, cutout DiffAugment, batch 16, lr 5e-4, ...)
     gan        the same command with the checkout's current defaults
-    vae-start  `--arch vae --preset demo --conditional` as at 1c01205 (no adversarial term)
+    vae-start  `--arch vae --preset demo --conditional` as at 1c01205 (random flips, no adversarial
+               term)
     vae        the same with the current defaults
 The run length is set by the CPU budget, so steps=10**6 would make any schedule defined as a
 share of the run meaningless; the one such default (the VAE's KL warm-up, steps / 5) is pinned
 to the demo preset's 120 steps for both VAEs (HARNESS below). A pinned setting that is not a
 TrainConfig field in this checkout is dropped and listed (this checkout predates it, so its
 start value is the only behaviour). The pins fix the settings, not the code: a change to the
-resnet generator's code itself also changes gan-start, and so does a new behaviour without a
-switch of its own (since 6be38d3 both models learn one optic-disc orientation whenever `mirror`
-is on, and the -start contestants keep mirror on, as at the start).
+resnet generator's code itself also changes gan-start, and so would a new behaviour without a
+switch of its own (keep one for each, as `orient` is: False = the random flips of the start).
 
 After training, each contestant's EMA weights draw `--samples` images (512) through
 `fundus_cli.api.sample` (conditional models: classes in the training shares) into
@@ -108,14 +108,16 @@ START_COMMIT = "1c01205"
 CONTESTANTS: dict[str, dict[str, Any]] = {
     "dcgan": {"kind": "dcgan", "title": "DCGAN (pytorch/examples)"},
     "gan-start": {"kind": "fundus", "arch": "gan", "title": f"GAN @ {START_COMMIT}",
-                  "overrides": {"generator": "resnet", "patch_head": False, "d_spectral_norm": True, "ada_target": 0.0,
-                                "discriminator": "strided", "diffaugment": "cutout", "batch": 16, "lr": 5e-4,
-                                "lr_d": 5e-4, "width": 16, "latent_dim": 128, "gan_loss": "hinge",
-                                "r1_gamma": 0.1, "r1_every": 4, "ema_decay": 0.999}},
+                  "overrides": {"orient": False, "generator": "resnet", "patch_head": False,
+                                "d_spectral_norm": True, "ada_target": 0.0, "discriminator": "strided",
+                                "diffaugment": "cutout", "batch": 16, "lr": 5e-4, "lr_d": 5e-4, "width": 16,
+                                "latent_dim": 128, "gan_loss": "hinge", "r1_gamma": 0.1, "r1_every": 4,
+                                "ema_decay": 0.999}},
     "gan": {"kind": "fundus", "arch": "gan", "title": "GAN (current)", "overrides": {}},
     "vae-start": {"kind": "fundus", "arch": "vae", "title": f"VAE @ {START_COMMIT}",
-                  "overrides": {"adv_weight": 0.0, "batch": 32, "lr": 1e-3, "width": 16, "latent_dim": 128,
-                                "beta": 1.0, "recon": "l1", "ssim_weight": 0.2, "ema_decay": 0.999}},
+                  "overrides": {"orient": False, "adv_weight": 0.0, "batch": 32, "lr": 1e-3, "width": 16,
+                                "latent_dim": 128, "beta": 1.0, "recon": "l1", "ssim_weight": 0.2,
+                                "ema_decay": 0.999}},
     "vae": {"kind": "fundus", "arch": "vae", "title": "VAE (current)", "overrides": {}},
 }
 # Settings of the harness, not of a contestant: see the docstring (run length set by CPU time).
