@@ -284,7 +284,7 @@ def train_cmd(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     conditional: Annotated[bool, typer.Option(help="Condition on the labels (then `sample --label` works).")] = False,
-    mirror: Annotated[bool, typer.Option(help="Random horizontal flips (left/right eyes are mirror images).")] = True,
+    mirror: Annotated[bool, typer.Option(help="Use the mirror symmetry of left and right eyes: learn photographs turned so the optic disc is on the right, and mirror half the samples back.")] = True,
     cache: Annotated[str, typer.Option(help="auto, memory or stream (read batches from the file).")] = "auto",
     snapshot_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints.")] = None,
     sample_every: Annotated[Optional[int], typer.Option(help="Steps between sample grids.")] = None,

@@ -33,7 +33,7 @@ from fundus_cli.errors import FundusError
 from fundus_cli.fsio import commit_tmp, tmp_path_for
 
 FORMAT = "fundus-cli checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: models learn one disc orientation; GAN/VAE config keys added
 LATEST = "checkpoint.pt"
 _NUMBERED = re.compile(r"^checkpoint-(\d{8})\.pt$")
 
@@ -127,6 +127,11 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise FundusError(f"{path}: checkpoint lacks {', '.join(missing)}; it is damaged or from an unknown tool.")
+    if ckpt["format_version"] == 1:
+        raise FundusError(f"{path}: checkpoint format 1, from before the generators learnt one optic-disc "
+                          "orientation (the networks and their settings changed); this fundus-cli reads format "
+                          f"{CHECKPOINT_VERSION}. Train again (same command), or sample it with the fundus-cli "
+                          "commit that trained it.")
     if ckpt["format_version"] != CHECKPOINT_VERSION:
         raise FundusError(f"{path}: checkpoint format {ckpt['format_version']} (fundus-cli "
                           f"{ckpt['fundus_cli_version']}); this fundus-cli reads format {CHECKPOINT_VERSION}. "

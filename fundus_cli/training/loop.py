@@ -47,7 +47,7 @@ _LONG_AUG = "color,translation,cutout"  # DiffAugment's policy for small data (Z
 _PRESET_VALUES: dict[str, dict[str, Any]] = {
     "demo": {"size": 64, "batch": 32, "width": 16, "latent_dim": 128,
              "gan": {"batch": 16, "lr": 5e-4, "diffaugment": "cutout"},
-             "steps_cpu": {"vae": 600, "gan": 1500}, "steps_gpu": {"vae": 3000, "gan": 5000}},
+             "steps_cpu": {"vae": 400, "gan": 1500}, "steps_gpu": {"vae": 3000, "gan": 5000}},
     "default": {"size": 64, "size_gpu": 128, "batch": 32, "width": 32, "width_gpu": 64, "latent_dim": 128,
                 "gan": {"batch": 32, "lr": 2e-4, "diffaugment": _LONG_AUG},
                 "steps_cpu": {"vae": 4000, "gan": 6000}, "steps_gpu": {"vae": 30000, "gan": 50000}},
@@ -91,13 +91,11 @@ class TrainConfig:
     kl_warmup: int | None = None  # steps of linear KL warm-up (default: a fifth of the run)
     recon: str = "l1"  # l1 | l2
     ssim_weight: float = 0.2  # share of (1 - SSIM) in the reconstruction loss
-    adv_weight: float = 0.0  # adversarial (patch discriminator) term, relative to the reconstruction's
+    adv_weight: float = 0.5  # adversarial term (patch discriminator), relative to the reconstruction's (0 = off)
     # GAN
     gan_loss: str = "hinge"  # hinge | nonsaturating
     discriminator: str = "strided"  # strided (learns detail fast) | resnet
-    generator: str = "resnet"  # resnet | skip
     patch_head: bool = False  # discriminator also judges 10x10-pixel neighbourhoods
-    d_spectral_norm: bool = True  # spectral norm in the discriminator
     ada_target: float = 0.0  # adaptive augmentation: target E[sign D(real)] (0 = fixed policy)
     lr_d: float | None = None  # discriminator learning rate (default: lr)
     r1_gamma: float = 0.1  # R1 penalty weight on reals (0 = off)
@@ -211,9 +209,7 @@ def model_config(cfg: TrainConfig, n_classes: int) -> dict[str, Any]:
                           "num_classes": n_classes if cfg.conditional else 0, "orient": cfg.mirror and cfg.orient}
     if cfg.arch == "gan":
         mc["discriminator"] = cfg.discriminator
-        mc["generator"] = cfg.generator
         mc["patch_head"] = cfg.patch_head
-        mc["d_spectral_norm"] = cfg.d_spectral_norm
     return mc
 
 

@@ -208,6 +208,8 @@ class GANTrainer:
         policy = self.hp["diffaugment"]
         if not policy:
             return x
+        if self.ada_target > 0 and self.ada_p == 0.0:
+            return x  # nothing to augment: skip the work (p and this test are restored on resume)
         augmented = diff_augment(x, policy, generator=gen)
         if self.ada_target <= 0:
             return augmented

@@ -198,26 +198,6 @@ def test_registry_rejects_unknown_names_listing_valid_ones() -> None:
         build_model("stylegan")
 
 
-@pytest.mark.parametrize("generator", ["resnet", "skip"])
-def test_generators_shapes_labels_and_gradients(generator: str) -> None:
-    torch.manual_seed(0)
-    gan = build_model("gan", {"image_size": 32, "num_classes": 3, "generator": generator, **TINY})
-    y = torch.tensor([0, 1, 2, 0])
-    fake = gan.generator(torch.randn(4, 16), y)
-    assert fake.shape == (4, 3, 32, 32) and fake.min() >= -1 and fake.max() <= 1
-    d_nonsaturating_loss(gan.discriminator(torch.rand(4, 3, 32, 32) * 2 - 1, y),
-                         gan.discriminator(fake, y)).backward()
-    for name, p in gan.generator.named_parameters():
-        if name.endswith("noise"):  # zero-initialised noise strengths get a gradient too
-            assert p.grad is not None, name
-        else:
-            assert p.grad is not None and p.grad.abs().sum() > 0, name
-    gan.eval()
-    with torch.no_grad():  # eval mode: no noise, running BN statistics, batch 1 works
-        z = torch.randn(1, 16)
-        assert torch.equal(gan.generator(z, y[:1]), gan.generator(z, y[:1]))
-
-
 def test_patch_head_scores_whole_image_and_neighbourhoods() -> None:
     gan = build_model("gan", {"image_size": 32, "num_classes": 2, "patch_head": True, **TINY})
     y = torch.tensor([0, 1])
@@ -233,23 +213,13 @@ def test_patch_head_scores_whole_image_and_neighbourhoods() -> None:
     assert r1_penalty(gan.discriminator(x, y), x).item() > 0
 
 
-def test_discriminator_without_spectral_norm() -> None:
-    gan = build_model("gan", {"image_size": 32, "d_spectral_norm": False, **TINY})
-    assert not any(hasattr(m, "parametrizations") for m in gan.discriminator.modules())
-    assert tiny_gan().discriminator.features[0].parametrizations  # the default keeps it
-
-
-@pytest.mark.parametrize("generator", ["resnet", "skip"])
-def test_orient_mirrors_half_the_samples_in_eval_mode_only(generator: str) -> None:
+def test_orient_mirrors_half_the_samples_in_eval_mode_only() -> None:
     torch.manual_seed(0)
-    plain = build_model("gan", {"image_size": 32, "generator": generator, **TINY})
-    oriented = build_model("gan", {"image_size": 32, "generator": generator, "orient": True, **TINY})
+    plain = build_model("gan", {"image_size": 32, **TINY})
+    oriented = build_model("gan", {"image_size": 32, "orient": True, **TINY})
     oriented.load_state_dict(plain.state_dict())
     z = torch.randn(64, 16)
-    torch.manual_seed(1)
-    a = plain.generator(z)
-    torch.manual_seed(1)  # same noise draws
-    assert torch.equal(oriented.generator(z), a)  # training: one orientation only
+    assert torch.equal(oriented.generator(z), plain.generator(z))  # training: one orientation only
     plain.eval()
     oriented.eval()
     with torch.no_grad():

@@ -57,3 +57,20 @@ def test_vae_adversarial_term_trains_a_discriminator_and_reaches_the_decoder() -
     assert not any(id(p) in vae_params for p in t.D.parameters())
     plain = VAETrainer(MODEL, {**VAE_HP, "adv_weight": 0.0}, device=torch.device("cpu"), fov_mask=None)
     assert plain.D is None and set(plain.state()["models"]) == {"vae"}
+
+
+def test_format_1_checkpoints_are_refused_with_the_reason(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from fundus_cli.errors import FundusError
+    from fundus_cli.training import checkpoint as ckpt_mod
+
+    t = GANTrainer(MODEL, GAN_HP, device=torch.device("cpu"), fov_mask=None)
+    payload = {"arch": "gan", "model_config": MODEL, "train_config": {}, "step": 1, "rng": {},
+               "dataset_fingerprint": "x", "class_names": ["a", "b"], "image_size": 32, **t.state()}
+    path = ckpt_mod.save_checkpoint(tmp_path, payload, keep=1)
+    old = torch.load(path, weights_only=True)
+    old["format_version"] = 1
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(FundusError, match="format 1.*optic-disc orientation.*Train again"):
+        ckpt_mod.load_checkpoint(tmp_path / "old.pt")
