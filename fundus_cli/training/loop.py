@@ -160,12 +160,19 @@ def resolve(cfg: TrainConfig, *, stored_size: int, n_images: int, n_classes: int
         raise FundusError(f"--size {size} is larger than the {stored_size} px stored in {cfg.data}; "
                           f"use --size {stored_size} or less, or ingest with a larger --size.")
     gp = p["gan"] if cfg.arch == "gan" else {}
+    if n_images < world:
+        raise FundusError(f"{cfg.data} holds {n_images} images, fewer than the {world} processes; ingest more "
+                          "images.")
     batch = cfg.batch or gp.get("batch", p["batch"])
+    if cfg.batch is None:
+        # the preset's batch is a default, not a request: a small dataset gets a smaller batch
+        # (`train` logs it); only an explicit --batch that cannot work is refused
+        batch = min(batch, n_images // world)
     if batch < 1:
         raise FundusError(f"--batch {batch}: give a positive batch size.")
     if n_images < batch * world:
         raise FundusError(f"{cfg.data} holds {n_images} images, fewer than one batch of {batch}"
-                          f"{f' x {world} processes' if world > 1 else ''}. Use --batch {max(1, n_images // world)} "
+                          f"{f' x {world} processes' if world > 1 else ''}. Use --batch {n_images // world} "
                           "or less, or ingest more images.")
     if cfg.conditional and n_classes < 2:
         raise FundusError(f"--conditional needs labels with at least 2 classes; {cfg.data} has "
@@ -202,6 +209,37 @@ def resolve(cfg: TrainConfig, *, stored_size: int, n_images: int, n_classes: int
     )
 
 
+# Settings that may change when a run resumes: its length, its budget, how it reports and
+# where it runs. Every other setting defines the run and comes from the checkpoint.
+RESUMABLE = ("steps", "epochs", "max_minutes", "max_cpu_minutes", "snapshot_every", "sample_every", "log_every",
+             "keep", "device", "cache", "force", "data", "out", "resume")
+
+
+def resume_config(given: TrainConfig, saved: TrainConfig, run_dir: Path) -> TrainConfig:
+    """The checkpoint's settings with the resumable ones the user gave applied. A setting that
+    defines the run, given with a value other than the default and other than the saved one,
+    is refused (never silently dropped)."""
+    defaults = TrainConfig()
+    changed = [f.name for f in fields(TrainConfig) if f.name not in RESUMABLE
+               and getattr(given, f.name) != getattr(defaults, f.name)
+               and getattr(given, f.name) != getattr(saved, f.name)]
+    if changed:
+        listing = ", ".join(f"--{n.replace('_', '-')} ({getattr(given, n)!r}, saved {getattr(saved, n)!r})"
+                            for n in changed)
+        raise FundusError(f"--resume continues {run_dir} with its saved settings; these cannot change: {listing}. "
+                          "Drop them, or start a new run with --out (or --force to start over there).")
+    applied = {n: getattr(given, n) for n in ("max_minutes", "max_cpu_minutes", "snapshot_every", "sample_every")
+               if getattr(given, n) is not None}
+    for n in ("log_every", "keep"):
+        if getattr(given, n) != getattr(defaults, n):
+            applied[n] = getattr(given, n)
+    # the saved steps are already resolved (from --epochs too); new --steps or --epochs extend the run
+    steps = given.steps or (None if given.epochs is not None else saved.steps)
+    return replace(saved, **applied, steps=steps, epochs=None if given.steps else given.epochs,
+                   device=given.device, cache=given.cache, resume=True, force=given.force, data=given.data,
+                   out=run_dir)
+
+
 def model_config(cfg: TrainConfig, n_classes: int) -> dict[str, Any]:
     # Both models use the mirror symmetry of left and right eyes by learning one orientation
     # (optic disc on the right) and mirroring half of their samples (training/orientation.py).
@@ -218,6 +256,11 @@ def hyperparameters(cfg: TrainConfig) -> dict[str, Any]:
             "ssim_weight": cfg.ssim_weight, "gan_loss": cfg.gan_loss, "r1_gamma": cfg.r1_gamma,
             "r1_every": cfg.r1_every, "diffaugment": cfg.diffaugment, "ema_decay": cfg.ema_decay,
             "ada_target": cfg.ada_target, "adv_weight": cfg.adv_weight}
+
+
+def _default_batch(cfg: TrainConfig) -> int:
+    p = _PRESET_VALUES[cfg.preset]
+    return int((p["gan"] if cfg.arch == "gan" else {}).get("batch", p["batch"]))
 
 
 def batch_indices(step: int, *, n: int, batch: int, seed: int, rank: int = 0, world: int = 1) -> np.ndarray:
@@ -316,13 +359,13 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, log: Cal
                               f"{resume_ckpt['dataset_fingerprint'][:12]}) than {cfg.data} "
                               f"({info.fingerprint[:12]}). Resume with the same dataset, or add --force to "
                               "continue training on this one.")
-        saved = config_from_json(resume_ckpt["train_config"])
-        # The saved settings define the run; only the run length and the machine may change.
-        cfg = replace(saved, steps=cfg.steps or saved.steps, device=cfg.device, cache=cfg.cache, resume=True,
-                      force=cfg.force, data=cfg.data, out=run_dir)
+        cfg = resume_config(cfg, config_from_json(resume_ckpt["train_config"]), run_dir)
     n_classes = len(info.class_names)
+    asked_batch = cfg.batch
     cfg = resolve(cfg, stored_size=info.image_size, n_images=info.count, n_classes=n_classes, device=device,
                   world=d.world)
+    if asked_batch is None and cfg.batch < _default_batch(cfg):
+        log(f"batch {cfg.batch} instead of the preset's {_default_batch(cfg)}: {cfg.data} holds {info.count} images")
     assert cfg.steps is not None and cfg.batch is not None and cfg.size is not None
     mconf = resume_ckpt["model_config"] if resume_ckpt is not None else model_config(cfg, n_classes)
 

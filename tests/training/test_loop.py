@@ -128,3 +128,38 @@ def test_batches_depend_on_seed_and_step_only() -> None:
     r0 = batch_indices(0, n=50, batch=4, seed=3, rank=0, world=2)
     r1 = batch_indices(0, n=50, batch=4, seed=3, rank=1, world=2)
     assert not set(r0.tolist()) & set(r1.tolist())
+
+
+def test_resume_applies_budget_and_reporting_options_and_refuses_run_settings(tiny_data: Path, tmp_path: Path) -> None:
+    from fundus_cli.training.loop import resume_config
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_data, out, "vae", steps=4, keep=5))
+    ck = ckpt_mod.load_checkpoint(out)
+    from fundus_cli.training.loop import config_from_json
+
+    saved = config_from_json(ck["train_config"])
+    got = resume_config(TrainConfig(data=tiny_data / "train.h5", arch="vae", max_minutes=50, snapshot_every=2,
+                                    sample_every=3, keep=1, steps=8, resume=True), saved, out)
+    assert (got.max_minutes, got.snapshot_every, got.sample_every, got.keep, got.steps) == (50, 2, 3, 1, 8)
+    assert (got.width, got.batch, got.size) == (saved.width, saved.batch, saved.size)  # defaults: the saved ones
+    with pytest.raises(FundusError, match=r"cannot change: --lr \(0.5, saved .*--conditional"):
+        resume_config(TrainConfig(arch="vae", lr=0.5, conditional=True, resume=True), saved, out)
+    # through the loop: a new budget stops the resumed run (was silently ignored)
+    r = train(_cfg(tiny_data, out, "vae", steps=10**6, resume=True, max_cpu_minutes=1e-9))
+    assert r.step == 5
+
+
+def test_default_batch_shrinks_to_a_small_dataset_explicit_batch_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+    from fundus_cli.data import h5
+
+    with h5.open_dataset(tiny_data / "train.h5") as r:
+        n = r.info.count
+    said: list[str] = []
+    res = train(TrainConfig(data=tiny_data / "train.h5", arch="vae", out=tmp_path / "a", size=32, width=8,
+                            latent_dim=16, steps=1, device="cpu"), log=said.append)
+    assert ckpt_mod.load_checkpoint(res.checkpoint)["train_config"]["batch"] == n < 32
+    assert any(f"batch {n} instead of the preset's 32" in s for s in said)
+    with pytest.raises(FundusError, match=f"fewer than one batch of {n + 1}.*--batch {n} or less"):
+        train(TrainConfig(data=tiny_data / "train.h5", arch="vae", out=tmp_path / "b", size=32, batch=n + 1,
+                          steps=1, device="cpu"))
