@@ -50,7 +50,8 @@ from fundus_cli.errors import FundusError
 from fundus_cli.fsio import write_csv_atomic, write_text_atomic
 from fundus_cli.privacy import preprocess as pp
 from fundus_cli.privacy import stats as st
-from fundus_cli.privacy.decision import Decision, Flag, Thresholds, decide
+from fundus_cli import training_length
+from fundus_cli.privacy.decision import Decision, Flag, Thresholds, decide, explain
 from fundus_cli.privacy import register as rg
 from fundus_cli.privacy.embeddings import (EncoderConfig, LearnedEncoder, Vectors, learned_embedding,
                                            pixel_embedding, tiled_embedding, train_encoder)
@@ -116,7 +117,7 @@ class AuditResult:
     flagged_csv: Path
     figures: list[Path]
     reasons: list[str]  # what made it FAIL
-    warnings: list[str]  # what made it WARN (or INCONCLUSIVE)
+    warnings: list[str]  # what made it WARN
     calibration: str  # "holdout" or "leave-one-out"
     n_train: int
     n_synthetic: int
@@ -128,6 +129,11 @@ class AuditResult:
     encoder_sha256: str | None
     notes: list[str] = field(default_factory=list)
     inputs: list[Path] = field(default_factory=list)
+    summary: str = ""  # the verdict in plain words (decision.explain)
+    inconclusive: list[str] = field(default_factory=list)  # why it cannot decide (INCONCLUSIVE)
+    tests_run: list[str] = field(default_factory=list)  # tests that ran with the power to fail
+    min_holdout: int | None = None  # usable holdout images every test needs, when short of them
+    checkpoint_note: str | None = None  # the synthetic images come from an under-trained checkpoint
 
 
 def audit_privacy(cfg: AuditConfig) -> AuditResult:
@@ -582,9 +588,13 @@ def _run(cfg: AuditConfig, names: tuple[str, ...], thresholds: Thresholds, setti
         registered_match = _confirm_registered(results[-1], synth, train, thresholds, cfg.size)
     decision = decide(results, phash_bits=s_bits, phash_index=s_index, phash_flipped=s_flipped,
                       registered_match=registered_match, accept_leave_one_out=cfg.accept_no_holdout,
-                      thresholds=thresholds)
+                      thresholds=thresholds, min_cell_synthetic=settings.min_cell_synthetic)
 
     s_sources = synth.sources()
+    summary = explain(decision, results, train_names=t_sources)
+    checkpoint = training_length.from_provenance(synth.info.provenance)
+    if checkpoint["note"]:
+        notes.append(f"{cfg.synthetic}: {checkpoint['note']}")
     report_path = out / "report.json"
     # An old report beside new figures would describe another audit; report.json is written last,
     # so after a crash there is no report rather than a stale one.
@@ -624,9 +634,12 @@ def _run(cfg: AuditConfig, names: tuple[str, ...], thresholds: Thresholds, setti
         "format": REPORT_FORMAT,
         "format_version": REPORT_VERSION,
         "fundus_cli_version": __version__,
-        "decision": {"status": decision.status, "exit_code": decision.exit_code, "reasons": list(decision.reasons),
-                     "warnings": list(decision.warnings), "n_flagged": len(decision.flags),
-                     "confirmed_copies": list(decision.confirmed)},
+        "decision": {"status": decision.status, "exit_code": decision.exit_code, "summary": summary,
+                     "reasons": list(decision.reasons), "warnings": list(decision.warnings),
+                     "inconclusive": list(decision.inconclusive), "tests_run": list(decision.tests_run),
+                     "min_holdout": decision.min_holdout, "min_synthetic": decision.min_synthetic,
+                     "n_flagged": len(decision.flags), "confirmed_copies": list(decision.confirmed)},
+        "checkpoint": checkpoint,
         "inputs": {
             "train": _input(train, cfg.train),
             "holdout": None if hold is None else _input(hold, cfg.holdout) | {
@@ -667,7 +680,9 @@ def _run(cfg: AuditConfig, names: tuple[str, ...], thresholds: Thresholds, setti
         n_train=n_t, n_synthetic=len(synth), n_holdout_used=0 if h_side is None else len(h_side.rows),
         n_holdout_excluded=len(excluded), n_flagged=len(decision.flags), confirmed=list(decision.confirmed),
         embeddings=embeddings, encoder_sha256=None if encoder is None else encoder.weights_sha256, notes=notes,
-        inputs=[Path(cfg.train), Path(cfg.synthetic)] + ([Path(cfg.holdout)] if hold is not None else []))
+        inputs=[Path(cfg.train), Path(cfg.synthetic)] + ([Path(cfg.holdout)] if hold is not None else []),
+        summary=summary, inconclusive=list(decision.inconclusive), tests_run=list(decision.tests_run),
+        min_holdout=decision.min_holdout, checkpoint_note=checkpoint.get("note"))
 
 
 def _input(reader: h5.DatasetReader, path: Path | None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from fundus_cli import __version__, api, progress
 from fundus_cli.errors import EXIT_INTERNAL, FundusError, from_os_error
+from fundus_cli.training_length import shortfall
 
 # Markup off: paths, class names and messages are user text, and `[/]` or `[left]` in a file name
 # must print as written (rich markup would crash on the one and swallow the other). Style comes
@@ -357,7 +358,9 @@ def sample_cmd(
                            temperature=temperature, batch=batch, device=device, png_dir=png_dir, grid=grid,
                            force=force)
     r = api.sample(cfg)
-    _say(f"read  {r.checkpoint} ({r.arch}, step {r.step})")
+    _say(f"read  {r.checkpoint} ({r.arch}, step {r.step}" + (f" of {r.planned_steps})" if r.planned_steps else ")"))
+    if (short := shortfall(r.step, r.planned_steps)) is not None:
+        _say(_styled("warning:", "yellow", f" {short}"))
     _say(f"wrote {r.out} ({r.n} images" + (", " + ", ".join(f"{k}: {v}" for k, v in r.class_counts.items())
                                              if r.class_counts else "") + ")")
     if r.grid:
@@ -365,6 +368,7 @@ def sample_cmd(
     if r.png_dir:
         _say(f"      {r.png_dir}/")
     _emit(r.out, {"out": r.out, "n": r.n, "checkpoint": r.checkpoint, "arch": r.arch, "step": r.step,
+                  "planned_steps": r.planned_steps, "under_trained": short is not None,
                   "class_counts": r.class_counts}, as_json)
 
 
@@ -452,7 +456,8 @@ def audit_cmd(
     training image (field-of-view aware, flip invariant; pixel, tiled and learned embeddings, and
     a shift-registered pixel distance that finds copies moved by up to 1/8 of the image) are
     calibrated on holdout images; ratio, data-copying and membership-inference tests decide.
-    Exit codes: 0 PASS or WARN, 1 FAIL, 2 bad input, 3 INCONCLUSIVE (no holdout), so that
+    Exit codes: 0 PASS or WARN, 1 FAIL, 2 bad input, 3 INCONCLUSIVE (no holdout, or too few
+    holdout or synthetic images for a test to be able to fail: the output names the size needed), so that
     `fundus audit-privacy && publish` gates a release.
 
     Example: fundus audit-privacy --synthetic data/synthetic.h5
@@ -474,9 +479,15 @@ def audit_cmd(
             err.print(_styled("  FAIL", "red", f": {line}"), soft_wrap=True)
         for line in r.warnings:
             err.print(_styled("  WARN", "yellow", f": {line}"), soft_wrap=True)
+        for line in r.inconclusive:
+            err.print(_styled("  INCONCLUSIVE", "yellow", f": {line}"), soft_wrap=True)
+        if r.summary:
+            err.print(r.summary, soft_wrap=True)
         err.print(f"wrote {r.report}\n      {r.flagged_csv}\n      " + "\n      ".join(str(f) for f in r.figures))
     _emit(r.report, {"decision": r.decision, "exit_code": r.exit_code, "report": r.report,
-                     "flagged": r.n_flagged, "confirmed": r.confirmed}, as_json)
+                     "flagged": r.n_flagged, "confirmed": r.confirmed, "summary": r.summary,
+                     "inconclusive": r.inconclusive, "tests_run": r.tests_run, "min_holdout": r.min_holdout},
+          as_json)
     if r.exit_code:
         raise typer.Exit(r.exit_code)
 

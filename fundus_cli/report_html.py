@@ -32,6 +32,7 @@ import numpy as np
 from fundus_cli import __version__
 from fundus_cli.errors import FundusError
 from fundus_cli.fsio import sha256_file, write_text_atomic
+from fundus_cli.training_length import shortfall
 
 EVALUATE_FORMAT = "fundus-cli evaluate report"
 AUDIT_FORMAT = "fundus-cli privacy audit report"  # fundus_cli.audit.REPORT_FORMAT (not imported: it pulls in torch)
@@ -45,11 +46,46 @@ FLAGGED_ROWS = 20  # rows of flagged.csv shown
 DISPLAY_TILE = 120  # images smaller than this (px) are shown enlarged without smoothing
 
 _MEANING = {
-    "PASS": "No evidence that the synthetic images copy training images more than chance.",
+    "PASS": "Every test that could have found copying ran, and none did: no evidence that the synthetic images "
+            "copy training photographs more than chance.",
     "WARN": "A test is borderline: look at the closest pairs below before sharing these images.",
-    "FAIL": "Copies of training images, or synthetic images closer to the training images than chance allows, "
-            "were found: do not share these synthetic images.",
-    "INCONCLUSIVE": "There was no holdout set to calibrate against, so the audit cannot decide.",
+    "FAIL": "Copies of training photographs, or a synthetic set closer to the training photographs than chance "
+            "allows, were found: do not share these synthetic images as they are.",
+    "INCONCLUSIVE": "The audit could not decide (no holdout photographs, or too few for its tests to be able to "
+                    "fail): this is not a sign that sharing is safe.",
+}
+
+# One sentence per statistic for a reader who is not a statistician; the numbers stay in the tables.
+_PLAIN_PRIVACY = (
+    ("median distance", "how far a typical synthetic image is from its most similar training photograph, beside "
+                        "the same for real photographs the model never saw (what \"not copied\" looks like)."),
+    ("memorization rate", "the share of synthetic images closer to a training photograph than nearly all new "
+                          "photographs are; about alpha (5 % by default) is expected by chance."),
+    ("Z_U", "do the synthetic images, as a group, sit closer to the training photographs than new photographs do? "
+            "Around 0 is normal; -3 or below fails."),
+    ("C_T", "the same question asked inside groups of similar-looking photographs, so that one region cannot hide "
+            "copying in another; -3 or below fails."),
+    ("DCR share", "the share of synthetic images nearer to a training photograph than to a new one, with equally "
+                  "many of each; 50 % means no preference."),
+    ("membership AUC", "how well someone holding the synthetic images could tell which patients were in the "
+                       "training set: 0.5 means not at all, 1 means always."),
+    ("flagged", "synthetic images much closer to one training photograph than to any other: candidate copies, "
+                "shown below with their training photograph."),
+)
+_PLAIN_REALISM = {
+    "fid": "how different the synthetic and real images look overall, in the features of a network (0 = the same)",
+    "kid": "the same question as FID, less biased for small sets (0 = the same)",
+    "precision": "the share of synthetic images that look like some real image (realism)",
+    "recall": "the share of real images that some synthetic image looks like (variety)",
+    "density": "like precision, counting how many real images each synthetic image resembles (about 1 for real "
+               "images)",
+    "coverage": "the share of real images with a synthetic image close by (variety)",
+}
+_PLAIN_FUNDUS = {
+    "vessel_density": "how much of the picture is blood vessel",
+    "sharpness": "how crisp the fine detail is",
+    "disc_brightness": "how bright the optic disc is",
+    "colour_emd": "how the colours are spread",
 }
 
 
@@ -396,6 +432,20 @@ def _run_of(s: _SynthSet, p: _Project) -> _Run | None:
     return next((r for r in p.runs if r.checkpoint_sha256 and r.checkpoint_sha256 == fp), None)
 
 
+def _checkpoint_note(s: _SynthSet, p: _Project) -> str | None:
+    """The under-trained warning for the checkpoint a synthetic file was sampled from: its step
+    against the planned steps that the file records, or else its run's config.json, or else the
+    note its audit recorded."""
+    prov = _dict(s.dataset.info.provenance) if s.dataset is not None else {}
+    planned = prov.get("planned_steps")
+    run = _run_of(s, p)
+    if not isinstance(planned, int) and run is not None:
+        planned = _dict(run.config.get("train_config")).get("steps")
+    if (note := shortfall(prov.get("step"), planned)) is not None:
+        return note
+    return next((n for a in s.audits if isinstance(n := _get(a.data, "checkpoint", "note"), str) and n), None)
+
+
 def _file_name(s: _SynthSet, p: _Project) -> str:
     if s.dataset is None:
         return f"{_rel(s.path, p.root)} (" + ("changed since it was reported on" if s.changed
@@ -464,8 +514,10 @@ def _glance(p: _Project, sets: list[_SynthSet]) -> str:
         summary = (f"most severe of {len(members)} files" if len(members) > 1 else "1 file")
         if n_audited < len(members):
             summary += f"; {len(members) - n_audited} not audited"
-        body.append(f"<tr class=group><td colspan=4><b>{_e(model)}</b> <span class=ci>({_e(summary)})</span></td>"
-                    f"<td>{_badge(worst)}</td></tr>")
+        short = next((n for s in members if (n := _checkpoint_note(s, p))), None)
+        warn = f"<br><span class=bad>{_e(short)}</span>" if short else ""
+        body.append(f"<tr class=group><td colspan=4><b>{_e(model)}</b> <span class=ci>({_e(summary)})</span>{warn}"
+                    f"</td><td>{_badge(worst)}</td></tr>")
         for s in members:
             ev = s.evaluations[-1] if s.evaluations else None
             au = s.audits[-1] if s.audits else None
@@ -473,9 +525,11 @@ def _glance(p: _Project, sets: list[_SynthSet]) -> str:
             realism = (f"{sum(1 for v in told.values() if v is True)} of {len(told)} metrics tell them apart"
                        if told else ("evaluated, no baseline" if ev else "not evaluated"))
             tstr = _get(ev.data, "usefulness", "summary", "tstr_over_trtr_balanced_accuracy") if ev else None
+            withheld = _withheld(ev) if ev else None
             n = (s.dataset.info.count if s.dataset else _get(ev.data, "inputs", "synthetic", "images") if ev
                  else _get(au.data, "inputs", "synthetic", "count") if au else None)
-            cells = [f"<span class=member>{_e(_file_name(s, p))}</span>", _i(n), _e(realism), _f(tstr, ".2f"),
+            cells = [f"<span class=member>{_e(_file_name(s, p))}</span>", _i(n), _e(realism),
+                     f"withheld <span class=ci>({_e(withheld)})</span>" if withheld else _f(tstr, ".2f"),
                      _badge(_set_verdict(s))]
             body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{_e(h)}</th>" for h in (
@@ -599,6 +653,11 @@ def _realism(ev: _Json) -> str:
                    " real holdout images</h4>")
         out.append(_table(["metric", "synthetic vs real holdout (95 % CI)",
                            "real training vs real holdout: the baseline (95 % CI)", "told apart?"], rows))
+    named = [k for k in _PLAIN_REALISM if any(k in _dict(_dict(b).get("synthetic")) for _, b in blocks)]
+    if named:
+        out.append("<ul class=plain>" + "".join(f"<li><b>{_e(k)}</b>: {_e(_PLAIN_REALISM[k])}.</li>" for k in named)
+                   + "<li><b>told apart</b>: the synthetic number's interval does not overlap the one of real "
+                     "training images, so the difference is more than chance at this sample size.</li></ul>")
     return "".join(out)
 
 
@@ -619,12 +678,30 @@ def _usefulness(ev: _Json, root: Path) -> str:
                                                    "all real images",
             "augmentation_gain_25pct_balanced_accuracy": "change in balanced accuracy from adding them to 25 % of the "
                                                          "real images"}
-    lines = [f"<li>{_e(said.get(k, k.replace('_', ' ')))}: <b>{_f(v, '.3f')}</b></li>" for k, v in summ.items()]
+    lines = [f"<li>{_e(said.get(k, k.replace('_', ' ')))}: <b>{_f(v, '.3f')}</b></li>" for k, v in summ.items()
+             if isinstance(k, str)]
+    withheld = _withheld(ev)
+    if withheld:
+        # The ratio and gains compare against a classifier that learned nothing: not shown, so that
+        # no one quotes them.
+        lines = [f"<li class=bad>Usefulness cannot be judged, so the ratio and gains are withheld: "
+                 f"{_e(withheld)}</li>"]
     return ("<p>A small classifier with a fixed recipe is trained on each set of images and tested on the real "
             "holdout. Synthetic images are useful when training on them comes close to training on real images, "
             "or when adding them helps.</p>"
             + _table(["trained on", "images", "accuracy (95 % CI)", "balanced accuracy", "macro AUC"], rows)
             + (f"<ul>{''.join(lines)}</ul>" if lines else ""))
+
+
+def _withheld(ev: _Json) -> str | None:
+    """Why `fundus evaluate` withheld the usefulness ratio and gains (e.g. the classifier trained on
+    real images is at chance), wherever a version of the report puts it; None when not withheld."""
+    u = _dict(ev.data.get("usefulness"))
+    for v in (u.get("withheld_reason"), u.get("withheld"), _get(u, "withheld", "reason"),
+              _get(u, "summary", "withheld_reason")):
+        if isinstance(v, str) and v.strip():
+            return v
+    return None
 
 
 def _fundus_stats(ev: _Json) -> str:
@@ -643,6 +720,9 @@ def _fundus_stats(ev: _Json) -> str:
             "baseline.</p>"
             + _table(["statistic", "synthetic vs real holdout", "real training vs real holdout (baseline)",
                       "mean: real holdout", "mean: synthetic", "mean: real training"], rows)
+            + ("<ul class=plain>" + "".join(f"<li><b>{_e(k.replace('_', ' '))}</b>: {_e(_PLAIN_FUNDUS[k])}; a "
+                                             "synthetic distance far above the baseline means it differs.</li>"
+                                             for k in syn if k in _PLAIN_FUNDUS) + "</ul>")
             + (_figure(img, "distributions inside the field of view", "") if img else ""))
 
 
@@ -658,7 +738,13 @@ def _privacy(s: _SynthSet, p: _Project) -> str:
         status = _verdict(a)
         inputs = _dict(d.get("inputs"))
         hold = _dict(inputs.get("holdout"))
+        said = dec.get("summary")
         out.append(f"<div class=verdict>{_badge(status)} <span>{_e(_MEANING.get(status or '', ''))}</span></div>")
+        if isinstance(said, str) and said:
+            out.append(f"<p class=plainverdict>{_e(said)}</p>")
+        ck = _get(d, "checkpoint", "note")
+        if isinstance(ck, str) and ck:
+            out.append(f"<p class=bad>{_e(ck)}</p>")
         out.append(f"<p>Audit {_e(_rel(str(a.path), p.root))}: {_i(_get(inputs, 'synthetic', 'count'))} synthetic "
                    f"vs {_i(_get(inputs, 'train', 'count'))} training images, calibrated on "
                    f"{_e(d.get('calibration'))}"
@@ -668,8 +754,18 @@ def _privacy(s: _SynthSet, p: _Project) -> str:
                    f"{_i(len(_list(dec.get('confirmed_copies'))))} confirmed copies.</p>")
         reasons = [f"<li class=bad>FAIL: {_e(r)}</li>" for r in _list(dec.get("reasons"))]
         warns = [f"<li class=warn>WARN: {_e(w)}</li>" for w in _list(dec.get("warnings"))]
-        if reasons or warns:
-            out.append(f"<ul>{''.join(reasons + warns)}</ul>")
+        unsure = [f"<li class=warn>INCONCLUSIVE: {_e(w)}</li>" for w in _list(dec.get("inconclusive"))]
+        if reasons or warns or unsure:
+            out.append(f"<ul>{''.join(reasons + unsure + warns)}</ul>")
+        need = [f"{_i(dec.get(k))} {what}" for k, what in (("min_holdout", "usable holdout images"),
+                                                         ("min_synthetic", "synthetic images"))
+                if _num(dec.get(k)) is not None]
+        if need:
+            out.append(f"<p class=warn>To decide, the audit needs at least {' and '.join(need)}.</p>")
+        ran = _list(dec.get("tests_run"))
+        if ran:
+            out.append(f"<p>Tests that ran, each able to fail at its threshold:</p>"
+                       f"<ul>{''.join(f'<li>{_e(t)}</li>' for t in ran)}</ul>")
         rows = []
         for name, e in _dict(d.get("embeddings")).items():
             mem, zu, ct, mi = (_dict(_get(e, k)) for k in ("memorization", "z_u", "c_t", "membership"))
@@ -683,6 +779,8 @@ def _privacy(s: _SynthSet, p: _Project) -> str:
                                "median distance: holdout to nearest training", "memorization rate",
                                "Z_U (<= -3 fails)", "C_T (<= -3 fails)", "DCR share",
                                "membership AUC (95 % CI)", "flagged"], rows))
+            out.append("<ul class=plain>" + "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in _PLAIN_PRIVACY)
+                       + "</ul>")
         pairs = _png_file(a.path.parent / "nearest-pairs.png", "closest synthetic/training pairs")
         out.append(_figure(pairs, "closest synthetic/training pairs (flagged first) beside the closest "
                            "holdout/training pairs, with their difference", "No nearest-pairs.png beside the audit."))
@@ -715,7 +813,10 @@ def _flagged(path: Path) -> str:
 
 
 def _synthetic_section(s: _SynthSet, p: _Project) -> str:
-    out = [f"<section><h2>{_e(_set_title(s, p))}</h2>", "<h3>Real and synthetic images</h3>", _grids(s, p)]
+    out = [f"<section><h2>{_e(_set_title(s, p))}</h2>"]
+    if (short := _checkpoint_note(s, p)) is not None:
+        out.append(f"<p class=bad>{_e(short)}.</p>")
+    out += ["<h3>Real and synthetic images</h3>", _grids(s, p)]
     if not s.evaluations:
         out.append("<h3>Realism</h3><p class=missing>Not evaluated yet. Run "
                    f"{_cmd(f'fundus evaluate --synthetic {_rel(s.path, p.root)} --out reports/evaluate')}.</p>")
@@ -780,6 +881,8 @@ def _runs_section(p: _Project) -> str:
             last = {k: v for k, v in r.metrics[-1].items() if k not in ("step", "time", "lr", "images_per_s")}
             facts.append("last losses: " + ", ".join(f"{_e(k)} = {_f(v)}" for k, v in last.items()))
         out.append("<ul>" + "".join(f"<li>{x}</li>" for x in facts) + "</ul>")
+        if (short := shortfall(r.step, tc.get("steps"))) is not None:
+            out.append(f"<p class=bad>{_e(short)}.</p>")
         loss = _png_file(r.dir / "loss.png", "loss curves")
         if loss is None and r.metrics and (r.dir / "metrics.jsonl").is_file():
             loss = _loss_from_metrics(r.dir / "metrics.jsonl", str(arch))
@@ -885,7 +988,8 @@ code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em}
 code.cmd{background:#f0f2f5;padding:1px 5px;border-radius:4px}
 details{margin:6px 0}summary{cursor:pointer;color:#1f3a5f}
 header p.headline{margin-top:10px;opacity:1;font-size:1.1em}header .badge{margin-right:6px}
-tr.group td{background:#f7f8fa}span.member{padding-left:18px;display:inline-block}
+tr.group td{background:#f7f8fa}ul.plain{font-size:.9em;color:#3a434c}
+p.plainverdict{font-size:1.05em;background:#f7f8fa;border-left:4px solid #1f3a5f;padding:6px 10px}span.member{padding-left:18px;display:inline-block}
 """
 
 

@@ -60,6 +60,7 @@ class SampleResult:
     class_counts: dict[str, int]
     grid: Path | None
     png_dir: Path | None
+    planned_steps: int | None = None  # the run's planned length (train_config.steps), to tell an unfinished run
 
 
 def newest_checkpoint(runs: Path = Path("runs")) -> Path:
@@ -154,7 +155,10 @@ def sample(cfg: SampleConfig) -> SampleResult:
     size = sampler.image_size
     circle = ((size - 1) / 2, (size - 1) / 2, size / 2)
     mask_u8 = sampler.mask.astype(np.uint8)
+    tc = ckpt["train_config"] if isinstance(ckpt.get("train_config"), dict) else {}
+    planned = tc.get("steps") if isinstance(tc.get("steps"), int) else None
     provenance = {"checkpoint": str(path), "checkpoint_fingerprint": ck_fp, "arch": arch, "step": int(ckpt["step"]),
+                  "planned_steps": planned,  # audit-privacy and report call a far shorter run under-trained
                   "dataset_fingerprint": ckpt["dataset_fingerprint"], "seed": cfg.seed, "seed_start": cfg.seed_start,
                   "n": cfg.n, "batch": cfg.batch, "scale": scale, "label": fixed_label,
                   "class_balance": cfg.class_balance if sampler.num_classes and fixed_label is None else None}
@@ -201,7 +205,7 @@ def sample(cfg: SampleConfig) -> SampleResult:
     return SampleResult(out=out, n=cfg.n, checkpoint=path, checkpoint_fingerprint=ck_fp, arch=arch,
                         step=int(ckpt["step"]),
                         class_counts={class_names[c]: int(counts[c]) for c in range(sampler.num_classes)},
-                        grid=grid, png_dir=cfg.png_dir)
+                        grid=grid, png_dir=cfg.png_dir, planned_steps=planned)
 
 
 def _training_shares(ckpt: dict[str, Any], num_classes: int) -> np.ndarray | None:

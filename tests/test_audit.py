@@ -245,3 +245,37 @@ def test_missing_or_invalid_inputs_are_user_errors(data, tmp_path):
     (tmp_path / "r" / "report.json").write_text("{}")
     with pytest.raises(FundusError, match="--force"):
         audit_privacy(good)
+
+
+def test_twelve_holdout_images_are_inconclusive_and_an_under_trained_checkpoint_is_named(data, tmp_path):
+    # Issue 16: honest samples, 12 holdout photographs, from a checkpoint saved at step 25 of 4000.
+    from typer.testing import CliRunner
+
+    from fundus_cli.cli import app
+
+    with h5.open_dataset(data["holdout"]) as r:
+        hold12 = [r.record(i) for i in range(12)]
+    with h5.open_dataset(data["null"]) as r:
+        honest = [r.record(i) for i in range(len(r))]
+    holdout = _write(tmp_path / "hold12.h5", hold12, split="holdout", kind="real")
+    synthetic = tmp_path / "synthetic.h5"
+    with h5.DatasetWriter(synthetic, image_size=SIZE, split="synthetic", kind="synthetic",
+                          provenance={"arch": "vae", "step": 25, "planned_steps": 4000}) as w:
+        for rec in honest:
+            w.append(rec)
+    out = tmp_path / "audit"
+    res = CliRunner().invoke(app, ["audit-privacy", "--train", str(data["train"]), "--holdout", str(holdout),
+                                   "--synthetic", str(synthetic), "--out", str(out), "--embeddings", "pixel,tiled",
+                                   "--json"])
+    assert res.exit_code == 3, res.output
+    summary = json.loads(res.stdout)
+    assert summary["decision"] == "INCONCLUSIVE" and summary["min_holdout"] == 19
+    assert "1/13 = 0.077" in res.stderr and "INCONCLUSIVE" in res.stderr and "Traceback" not in res.stderr
+    assert "under-trained checkpoint: step 25 of 4000 planned" in res.stderr
+    report = json.loads((out / "report.json").read_text())
+    d = report["decision"]
+    assert d["status"] == "INCONCLUSIVE" and d["exit_code"] == 3 and d["min_holdout"] == 19
+    assert any("1/13 = 0.077" in why for why in d["inconclusive"])
+    assert d["summary"].startswith("The audit cannot decide") and "at least 19 usable holdout images" in d["summary"]
+    assert report["checkpoint"] == {"step": 25, "planned_steps": 4000, "note": report["checkpoint"]["note"]}
+    assert "step 25 of 4000" in report["checkpoint"]["note"]

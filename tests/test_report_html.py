@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import csv
 import json
 import re
@@ -327,3 +328,82 @@ def test_rejected_files_are_named(raw_copy: Path, tmp_path: Path) -> None:
     assert len(cells) == len(rejected)
     assert {name for name, _ in cells} == {r["source"] for r in rejected}
     assert all(reason for _, reason in cells)
+
+
+def test_a_short_run_is_called_under_trained(project: Path, tmp_path: Path) -> None:
+    import torch
+
+    from fundus_cli.sampling import SampleConfig, sample
+
+    ckpt = torch.load(project / "runs" / "gan" / "checkpoint.pt", weights_only=True)
+    ckpt["train_config"]["steps"] = 4000  # stopped at step 3 of a planned 4000
+    short = project / "runs" / "gan" / "checkpoint.pt"
+    short.unlink()
+    torch.save(ckpt, short)
+    cfg_path = project / "runs" / "gan" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["train_config"]["steps"] = 4000
+    cfg_path.write_text(json.dumps(cfg))
+    sample(SampleConfig(checkpoint=short, n=8, out=project / "data" / "synthetic.h5", device="cpu", force=True))
+    page = _html(project)
+    said = "under-trained checkpoint: step 3 of 4000 planned (0.1%)"
+    glance = page[page.index("<h2>At a glance</h2>"):]
+    assert said in glance[:glance.index("</section>")]
+    section = page[page.index("<h2>GAN model from runs/gan: data/synthetic.h5</h2>"):]
+    assert said in section[:section.index("<h3>")]
+    runs = page[page.index("<h2>Training runs</h2>"):]
+    assert said in runs and "step 3 of 4000" in runs
+    # A finished run says nothing of the kind.
+    cfg["train_config"]["steps"] = 3
+    cfg_path.write_text(json.dumps(cfg))
+    ckpt["train_config"]["steps"] = 3
+    short.unlink()
+    torch.save(ckpt, short)
+    sample(SampleConfig(checkpoint=short, n=8, out=project / "data" / "synthetic.h5", device="cpu", force=True))
+    assert "under-trained" not in _html(project)
+
+
+def test_verdicts_and_statistics_in_plain_words(project: Path) -> None:
+    from fundus_cli.report_html import _PLAIN_PRIVACY, _PLAIN_REALISM
+
+    audit = project / "reports" / "audit-privacy" / "report.json"
+    rep = _audit_report(project, "INCONCLUSIVE")
+    rep["decision"] |= {"exit_code": 3, "reasons": [], "warnings": [],
+                        "inconclusive": ["with 12 holdout images the smallest possible p-value is 1/13 = 0.077"],
+                        "min_holdout": 19, "min_synthetic": None, "tests_run": ["data-copying test Z_U"],
+                        "summary": "The audit cannot decide: with 12 holdout images ... Give it at least 19."}
+    audit.write_text(json.dumps(rep))
+    page = _html(project)
+    assert "INCONCLUSIVE: with 12 holdout images the smallest possible p-value is 1/13 = 0.077" in page
+    assert "To decide, the audit needs at least 19 usable holdout images." in page
+    assert "The audit cannot decide: with 12 holdout images ... Give it at least 19." in page
+    assert "not a sign that sharing is safe" in page
+    for _, sentence in _PLAIN_PRIVACY:
+        assert html.escape(sentence) in page
+    for sentence in _PLAIN_REALISM.values():
+        assert html.escape(sentence) in page
+    # A PASS lists the tests that ran.
+    rep["decision"] |= {"status": "PASS", "exit_code": 0, "inconclusive": [], "min_holdout": None,
+                        "tests_run": ["copy test per synthetic image (pixel)", "membership-inference test"]}
+    audit.write_text(json.dumps(rep))
+    page = _html(project)
+    assert "Tests that ran, each able to fail at its threshold:" in page
+    assert "<li>copy test per synthetic image (pixel)</li><li>membership-inference test</li>" in page
+
+
+def test_withheld_usefulness_is_not_shown_as_a_number(project: Path) -> None:
+    path = project / "reports" / "evaluate" / "report.json"
+    ev = json.loads(path.read_text())
+    assert "<b>0.877</b>" in _html(project)
+    ev["usefulness"]["withheld_reason"] = ("the classifier cannot learn this task from these images at this size "
+                                           f"{EVIL}")
+    path.write_text(json.dumps(ev))
+    page = _html(project)
+    assert "0.877" not in page and "0.88" not in page  # neither the summary nor the glance's ratio
+    assert "Usefulness cannot be judged, so the ratio and gains are withheld" in page
+    assert "withheld <span class=ci>(the classifier cannot learn this task" in page
+    assert "<script" not in page.lower()
+    for junk in (None, 3, {"reason": 5}, ""):  # written by another version: read defensively
+        ev["usefulness"]["withheld_reason"] = junk
+        path.write_text(json.dumps(ev))
+        assert "<b>0.877</b>" in _html(project)

@@ -16,9 +16,16 @@ WARN (exit 0, said loudly): any of those tests at p < warn_p, or a possible copy
   chance, and the tiled distance, a minimum over tiles, puts r just under 1 for a few per
   cent of unrelated images; a pasted region gives r near 0.) Every flagged image, warning
   or not, is listed in ``Decision.flags`` for flagged.csv.
-PASS (exit 0) otherwise.
+PASS (exit 0) otherwise, listing the tests that ran (``Decision.tests_run``).
 INCONCLUSIVE (exit 3): calibrated without a holdout (leave-one-out) and not accepted by the
-  user; a FAIL still fails, because evidence of copying does not need a holdout to count.
+  user, or a test that could not have failed: its statistic cannot reach its level with the
+  images given (the smallest conformal p-value 1 / (|H| + 1) above alpha; no tau_alpha; Z_U
+  unable to reach z_fail; the membership test unable to reach warn_p), or a decision rule that
+  was skipped in every embedding (C_T with too few images). A PASS from tests without the
+  power to fail would say "safe" without evidence, so the reasons and the smallest holdout
+  that would let every test run are reported (``Decision.inconclusive``, ``min_holdout``).
+  This refines AUDIT.md, whose only INCONCLUSIVE cause is a missing holdout. A FAIL still
+  fails, because evidence of copying does not need a holdout (or power) to count.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from scipy import stats as sps
 
 from fundus_cli.errors import FundusError
 from fundus_cli.privacy.stats import EmbeddingAudit
@@ -97,6 +105,10 @@ class Decision:
     warnings: tuple[str, ...]  # what made it WARN (also listed under FAIL and INCONCLUSIVE)
     flags: tuple[Flag, ...]  # every flagged synthetic image, by index
     thresholds: Thresholds
+    tests_run: tuple[str, ...] = ()  # every test that ran with the power to fail, in plain words
+    inconclusive: tuple[str, ...] = ()  # why the audit cannot decide (tests that could not fail, no holdout)
+    min_holdout: int | None = None  # usable holdout images that would let every test reach its level
+    min_synthetic: int | None = None  # synthetic images that would (None: enough already)
 
     @property
     def confirmed(self) -> tuple[int, ...]:
@@ -106,7 +118,7 @@ class Decision:
 def decide(results: Sequence[EmbeddingAudit], *, phash_bits: np.ndarray | None = None,
            phash_index: np.ndarray | None = None, phash_flipped: np.ndarray | None = None,
            registered_match: np.ndarray | None = None, accept_leave_one_out: bool = False,
-           thresholds: Thresholds = Thresholds()) -> Decision:
+           thresholds: Thresholds = Thresholds(), min_cell_synthetic: int = 20) -> Decision:
     """Apply the decision rules to the embeddings' statistics.
 
     results: one ``EmbeddingAudit`` per embedding, all on the same synthetic images.
@@ -116,6 +128,7 @@ def decide(results: Sequence[EmbeddingAudit], *, phash_bits: np.ndarray | None =
         registered shift, matches its registered nearest training image (optional; counts
         only where the embedding named "registered" flags the image).
     accept_leave_one_out: the user accepts a calibration without holdout (else INCONCLUSIVE).
+    min_cell_synthetic: the statistics' AuditSettings.min_cell_synthetic (what C_T needs per cell).
     """
     th = thresholds
     if not results:
@@ -169,18 +182,139 @@ def decide(results: Sequence[EmbeddingAudit], *, phash_bits: np.ndarray | None =
                 warns.append(text)
 
     loo = any(r.calibration != "holdout" for r in results)
+    power = _power(results, th, n_s, accept_leave_one_out=accept_leave_one_out,
+                   min_cell_synthetic=min_cell_synthetic)
+    inconclusive = list(power.missing)
+    if loo and not accept_leave_one_out:
+        inconclusive.insert(0, "no holdout: calibrated on leave-one-out training distances, which are not "
+                               "exchangeable with synthetic ones; give a holdout or accept this calibration "
+                               "explicitly")
     if fails:
         status = "FAIL"
-    elif loo and not accept_leave_one_out:
+    elif inconclusive:
         status = "INCONCLUSIVE"
-        warns.insert(0, "no holdout: calibrated on leave-one-out training distances, which are not exchangeable "
-                        "with synthetic ones; give a holdout or accept this calibration explicitly")
     elif warns:
         status = "WARN"
     else:
         status = "PASS"
     return Decision(status=status, exit_code=EXIT_CODES[status], reasons=tuple(fails), warnings=tuple(warns),
-                    flags=tuple(flags), thresholds=th)
+                    flags=tuple(flags), thresholds=th, tests_run=power.ran, inconclusive=tuple(inconclusive),
+                    min_holdout=power.min_holdout, min_synthetic=power.min_synthetic)
+
+
+# --------------------------------------------------------------------------- power: could each test fail?
+
+MIN_CELL_HOLDOUT = 10  # stats.audit_embedding fits |H| // 10 cells: C_T needs 10 holdout images
+
+
+@dataclass(frozen=True)
+class Power:
+    ran: tuple[str, ...]  # tests that ran and could reach their level, in plain words
+    missing: tuple[str, ...]  # tests that could not, each with why and what would do
+    min_holdout: int | None  # usable holdout images every test needs (None: enough already)
+    min_synthetic: int | None  # synthetic images every test needs (None: enough already)
+
+
+def max_rank_z(m: int, n: int) -> float:
+    """The largest |z| a Mann-Whitney comparison of m against n values can reach (complete
+    separation): sqrt(3 m n / (m + n + 1))."""
+    return float(np.sqrt(3.0 * m * n / (m + n + 1))) if m and n else 0.0
+
+
+def min_holdout_for_alpha(alpha: float) -> int:
+    """Smallest |H| with floor(alpha (|H| + 1)) >= 1: the smallest conformal p-value 1 / (|H| + 1)
+    reaches alpha, and tau_alpha exists (the same rounding as stats.memorization_test)."""
+    n = 1
+    while int(np.floor(alpha * (n + 1) + 1e-9)) < 1:
+        n += 1
+    return n
+
+
+def _smallest(ok: Any, start: int = 1, limit: int = 10**7) -> int | None:
+    """Smallest n >= start with ok(n), or None below limit (ok is monotone in n)."""
+    if not ok(limit):
+        return None
+    lo, hi = start, limit
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _power(results: Sequence[EmbeddingAudit], th: Thresholds, n_s: int, *, accept_leave_one_out: bool,
+           min_cell_synthetic: int) -> Power:
+    """Which tests could have failed with these numbers of images, and what would let the others."""
+    n_h = len(results[0].calibration_dcr)
+    alpha = results[0].memorization.alpha
+    holdout = all(r.calibration == "holdout" for r in results)
+    what = "holdout" if holdout else "leave-one-out calibration"
+    ran: list[str] = []
+    missing: list[str] = []
+    need_h: list[int] = []
+    need_s: list[int] = []
+    names = ", ".join(r.name for r in results)
+
+    h_alpha = min_holdout_for_alpha(alpha)
+    min_p = 1.0 / (n_h + 1)
+    if n_h >= h_alpha:
+        ran.append(f"copy test per synthetic image ({names}: conformal p-value as small as 1/{n_h + 1} = "
+                   f"{min_p:.3g} <= alpha {alpha:g}, with the ratio test)")
+        ran.append(f"memorization-rate test (share of synthetic images below tau_alpha, {th.memorization_test} "
+                   "test)")
+    else:
+        missing.append(f"with {n_h} {what} images the smallest possible p-value is 1/{n_h + 1} = {min_p:.3f}, "
+                       f"above alpha = {alpha:g}: no synthetic image can be shown closer to a training image than "
+                       f"chance, and the memorization-rate test has no tau_alpha (it needs {h_alpha}+ images)")
+        need_h.append(h_alpha)
+
+    zu_needed = -th.z_fail
+    m = n_s
+    if max_rank_z(m, n_h) >= zu_needed:
+        ran.append(f"data-copying test Z_U ({names}; fails at <= {th.z_fail:g})")
+    else:
+        missing.append(f"Z_U cannot reach {th.z_fail:g} with {m} synthetic and {n_h} {what} images (at most "
+                       f"-{max_rank_z(m, n_h):.2f} even if every synthetic image were closer than every {what} "
+                       "image)")
+        h = _smallest(lambda n: max_rank_z(max(m, 1), n) >= zu_needed)
+        s = _smallest(lambda k: max_rank_z(k, max(n_h, 1)) >= zu_needed)
+        if h is not None:
+            need_h.append(h)
+        elif s is not None:
+            need_s.append(s)
+
+    cells = [r for r in results if r.cells is not None and r.cells.c_t is not None]
+    if cells:
+        ran.append("cell-wise data-copying test C_T (" + ", ".join(f"{r.name}: {r.cells.cells_used} cells"
+                                                                   for r in cells if r.cells) + ")")
+    else:
+        missing.append(f"the cell-wise data-copying test C_T was skipped in every embedding: it needs at least "
+                       f"{MIN_CELL_HOLDOUT} {what} and {min_cell_synthetic} synthetic images, and the pixel or "
+                       "learned embedding")
+        need_h.append(MIN_CELL_HOLDOUT)
+        if n_s < min_cell_synthetic:
+            need_s.append(min_cell_synthetic)
+
+    members = [r for r in results if r.membership is not None]
+    if members:
+        mia = members[0].membership
+        assert mia is not None
+        if float(sps.norm.sf(max_rank_z(mia.n_members, mia.n_nonmembers))) < th.warn_p:
+            ran.append("membership-inference test (AUC of training vs holdout images by distance to the nearest "
+                       "synthetic image)")
+        else:
+            missing.append(f"the membership-inference test cannot reach p < {th.warn_p:g} with {mia.n_members} "
+                           f"training and {mia.n_nonmembers} holdout images")
+            need_h.append(_smallest(lambda n: float(sps.norm.sf(max_rank_z(n, n))) < th.warn_p) or 0)
+    elif holdout:
+        # Without a holdout it cannot run: that case is INCONCLUSIVE already, unless the user accepted it.
+        missing.append("the membership-inference test did not run (it needs a holdout)")
+
+    return Power(ran=tuple(ran), missing=tuple(missing),
+                 min_holdout=max(need_h) if need_h and max(need_h) > n_h else None,
+                 min_synthetic=max(need_s) if need_s and max(need_s) > n_s else None)
 
 
 def _need(results: Sequence[EmbeddingAudit], th: Thresholds) -> int:
@@ -244,3 +378,59 @@ def _list(items: Any, limit: int = 10) -> str:
     items = list(items)
     more = f" and {len(items) - limit} more" if len(items) > limit else ""
     return "; ".join(items[:limit]) + more
+
+
+# --------------------------------------------------------------------------- the verdict in plain words
+
+BLUR_SHARE = 0.75  # DCR share at or below: the set is nearly as close to new photographs as to training ones
+
+
+def explain(decision: Decision, results: Sequence[EmbeddingAudit], *,
+            train_names: Sequence[str] | None = None) -> str:
+    """One paragraph a non-statistician can act on. Copies of specific photographs and a set that
+    as a whole sits close to the training photographs are different findings, worded differently:
+    blurred averages sit near every photograph, training or not, and copy nobody."""
+    copies = [f for f in decision.flags if f.confirmed]
+
+    def name(i: int) -> str:
+        return train_names[i] if train_names is not None and 0 <= i < len(train_names) else f"#{i}"
+
+    parts: list[str] = []
+    if copies:
+        listed = sorted({name(f.train_index) for f in copies})
+        more = f" and {len(listed) - 10} more" if len(listed) > 10 else ""
+        parts.append(f"{len(copies)} synthetic image{'s are copies' if len(copies) != 1 else ' is a copy'} of "
+                     f"training photograph{'s' if len(listed) != 1 else ''} {', '.join(listed[:10])}{more} "
+                     "(possibly mirrored, moved or re-encoded): do not share the synthetic images as they are.")
+    set_level = [r for r in decision.reasons if "confirmed cop" not in r]
+    if set_level:
+        shares = [r.dcr_share for r in results if r.dcr_share is not None and np.isfinite(r.dcr_share)]
+        share = float(np.median(shares)) if shares else None
+        whole = "The synthetic set as a whole sits closer to the training photographs than new photographs do"
+        if share is not None and share <= BLUR_SHARE:
+            whole += (f", yet compared one to one it is no nearer to training photographs than to new ones "
+                      f"(nearer to a training photograph {share:.0%} of the time; 50 % = no preference): typical "
+                      "of blurred averages, which sit near every photograph, training or not")
+        elif share is not None:
+            whole += (f", and nearer to a training photograph than to a new one {share:.0%} of the time "
+                      "(50 % = no preference): the model reproduces its training set closely")
+        whole += ("; no individual photograph was copied." if not copies
+                  else ", beyond the copies above.")
+        parts.append(whole + (" Do not share these images as a privacy-safe substitute." if not copies else ""))
+    if decision.status == "INCONCLUSIVE":
+        need = []
+        if decision.min_holdout is not None:
+            need.append(f"at least {decision.min_holdout} usable holdout images")
+        if decision.min_synthetic is not None:
+            need.append(f"at least {decision.min_synthetic} synthetic images")
+        parts.append("The audit cannot decide: " + "; ".join(decision.inconclusive)
+                     + (f". Give it {' and '.join(need)} (holdout images the model never saw, from patients not "
+                        "in training) and run it again." if need else "."))
+    elif decision.status == "WARN":
+        parts.append("No copy was confirmed, but a test is borderline (" + "; ".join(decision.warnings[:3])
+                     + "): look at the closest pairs before sharing.")
+    elif decision.status == "PASS":
+        parts.append("No synthetic image was found to copy a training photograph, and the set as a whole is no "
+                     f"closer to the training photographs than new photographs are ({len(decision.tests_run)} tests "
+                     f"ran, each able to fail at its threshold: {'; '.join(decision.tests_run)}).")
+    return " ".join(parts)

@@ -15,7 +15,7 @@ import pytest
 from fundus_cli.data.quality import detail_signature, phash
 from fundus_cli.privacy import preprocess as pp
 from fundus_cli.privacy import stats as st
-from fundus_cli.privacy.decision import Thresholds, decide
+from fundus_cli.privacy.decision import Thresholds, decide, explain, max_rank_z, min_holdout_for_alpha
 from fundus_cli.privacy.embeddings import pixel_embedding, tiled_embedding
 from fundus_cli.data.phantoms import quick_fundus
 
@@ -325,3 +325,61 @@ def test_rule_registered_match_confirms_a_moved_copy(clean):
     assert flag.row()["shift"] == "8 -3" and "same fine detail moved by 8, -3 px" in d.reasons[0]
     # Without the registered distance among the results, a match cannot confirm anything.
     assert not decide([pixel, tiled], registered_match=match).confirmed
+
+
+def test_a_holdout_too_small_to_reach_alpha_is_inconclusive(split):
+    # 12 holdout images: the smallest conformal p-value is 1/13 = 0.077 > alpha, so no test of a
+    # single image and no memorization-rate test can fail; a PASS would be empty (issue 16).
+    audit, _, holdout, synthetic = split
+    decision, results = audit.run(synthetic, holdout[:12])
+    assert decision.status == "INCONCLUSIVE" and decision.exit_code == 3 and not decision.reasons
+    assert all(r.memorization.tau is None for r in results)
+    assert any("1/13 = 0.077" in why and "alpha = 0.05" in why for why in decision.inconclusive)
+    assert decision.min_holdout == 19 and decision.min_synthetic is None
+    assert not any("memorization" in t or "copy test" in t for t in decision.tests_run)
+    text = explain(decision, results)
+    assert text.startswith("The audit cannot decide") and "at least 19 usable holdout images" in text
+    # Enough holdout images: every test can fail, and a PASS says which ran.
+    ok, ok_results = audit.run(synthetic, holdout[:30])
+    assert ok.status == "PASS" and not ok.inconclusive and ok.min_holdout is None
+    ran = " | ".join(ok.tests_run)
+    for test in ("copy test per synthetic image", "memorization-rate test", "Z_U", "C_T", "membership"):
+        assert test in ran
+    assert "5 tests ran" in explain(ok, ok_results)
+    # Too few synthetic images for Z_U and C_T: inconclusive too, naming the size that would do.
+    few, few_results = audit.run(synthetic[:3], holdout)
+    assert few.status == "INCONCLUSIVE" and few.min_synthetic == 20 and few.min_holdout is None
+    assert any("Z_U cannot reach -3 with 3 synthetic" in why for why in few.inconclusive)
+    assert "at least 20 synthetic images" in explain(few, few_results)
+
+
+def test_power_arithmetic():
+    assert min_holdout_for_alpha(0.05) == 19 and min_holdout_for_alpha(0.01) == 99 and min_holdout_for_alpha(0.5) == 1
+    assert max_rank_z(40, 12) == pytest.approx(np.sqrt(3 * 40 * 12 / 53))
+    # Complete separation of m against n values reaches exactly that z.
+    z = st.data_copying_z(np.zeros(7), np.ones(5)).z
+    assert z == pytest.approx(-max_rank_z(7, 5))
+
+
+def test_blurred_averages_and_copies_are_worded_differently(split):
+    audit, train, holdout, synthetic = split
+    rng = np.random.default_rng(0)
+    # VAE-like: every synthetic image a blurred average of 8 training images. The set-level tests
+    # fail (it sits nearer the training set than new photographs do), but nobody's photograph is in it.
+    means = np.stack([cv2.GaussianBlur(train[rng.choice(100, 8, replace=False)].mean(0).astype(np.float32),
+                                       (0, 0), 1.5).round().astype(np.uint8) for _ in range(40)])
+    blur, blur_results = audit.run(means, holdout)
+    assert blur.status == "FAIL" and not blur.confirmed
+    text = explain(blur, blur_results, train_names=[f"photo{i}.jpg" for i in range(len(train))])
+    assert "The synthetic set as a whole sits closer to the training photographs" in text
+    assert "blurred averages" in text and "no individual photograph was copied" in text
+    assert "photo" not in text.replace("photograph", "") and "is a copy" not in text and "are copies" not in text
+    # Three planted copies among honest images: named, photograph by photograph.
+    s = synthetic.copy()
+    s[[2, 5, 9]] = train[[11, 22, 33]]
+    copied, copied_results = audit.run(s, holdout)
+    assert copied.status == "FAIL" and set(copied.confirmed) == {2, 5, 9}
+    text = explain(copied, copied_results, train_names=[f"photo{i}.jpg" for i in range(len(train))])
+    assert text.startswith("3 synthetic images are copies of training photographs photo11.jpg, photo22.jpg, "
+                           "photo33.jpg")
+    assert "as a whole" not in text and "blurred" not in text
