@@ -52,6 +52,7 @@ from fundus_cli.privacy import preprocess as pp
 from fundus_cli.privacy import stats as st
 from fundus_cli import training_length
 from fundus_cli.privacy.decision import Decision, Flag, Thresholds, decide, explain
+from fundus_cli.privacy import per_class
 from fundus_cli.privacy import register as rg
 from fundus_cli.privacy.embeddings import (EncoderConfig, LearnedEncoder, Vectors, learned_embedding,
                                            pixel_embedding, tiled_embedding, train_encoder)
@@ -586,9 +587,13 @@ def _run(cfg: AuditConfig, names: tuple[str, ...], thresholds: Thresholds, setti
     registered_match = None
     if "registered" in names:
         registered_match = _confirm_registered(results[-1], synth, train, thresholds, cfg.size)
+    classes, class_names = _class_tests(results, train, synth, hold, h_side, settings, thresholds)
+    if class_names is None and len(synth.info.class_names) >= 2:
+        notes.append("per-class tests skipped: the training, holdout and synthetic sets do not share the same "
+                     "class names, or some synthetic images are unlabelled")
     decision = decide(results, phash_bits=s_bits, phash_index=s_index, phash_flipped=s_flipped,
                       registered_match=registered_match, accept_leave_one_out=cfg.accept_no_holdout,
-                      thresholds=thresholds, min_cell_synthetic=settings.min_cell_synthetic)
+                      thresholds=thresholds, min_cell_synthetic=settings.min_cell_synthetic, classes=classes)
 
     s_sources = synth.sources()
     summary = explain(decision, results, train_names=t_sources)
@@ -669,6 +674,11 @@ def _run(cfg: AuditConfig, names: tuple[str, ...], thresholds: Thresholds, setti
             "steps": len(encoder.losses), "loss_first": encoder.losses[0] if encoder.losses else None,
             "loss_last": encoder.losses[-1] if encoder.losses else None},
         "embeddings": embeddings,
+        "per_class": None if class_names is None else _canonical({
+            "classes": list(class_names),
+            "multiplicity": f"Holm over {len(decision.class_adjusted)} per-class tests",
+            "not_tested": list(decision.classes_not_tested),
+            "tests": per_class.summary(classes, decision.class_adjusted)}),
         "perceptual_hash": {"min_bits": int(s_bits.min()), "n_within_threshold": int((s_bits <= cfg.phash_bits).sum())},
         "notes": notes,
         "artefacts": ["report.json", flagged_path.name, *[f.name for f in figures]],
@@ -683,6 +693,24 @@ def _run(cfg: AuditConfig, names: tuple[str, ...], thresholds: Thresholds, setti
         inputs=[Path(cfg.train), Path(cfg.synthetic)] + ([Path(cfg.holdout)] if hold is not None else []),
         summary=summary, inconclusive=list(decision.inconclusive), tests_run=list(decision.tests_run),
         min_holdout=decision.min_holdout, checkpoint_note=checkpoint.get("note"))
+
+
+def _class_tests(results: list[st.EmbeddingAudit], train: h5.DatasetReader, synth: h5.DatasetReader,
+                 hold: h5.DatasetReader | None, h_side: _Side | None, settings: st.AuditSettings,
+                 th: Thresholds) -> tuple[list[per_class.ClassTest], tuple[str, ...] | None]:
+    """Per-class tests when every set carries the same two or more classes and every synthetic
+    image has one (a conditional model's samples); else none, and None for the class names."""
+    names = synth.info.class_names
+    s_labels = synth.labels()
+    if (len(names) < 2 or train.info.class_names != names or (hold is not None and hold.info.class_names != names)
+            or (s_labels < 0).any()):
+        return [], None
+    t_labels = train.labels()
+    h_labels = hold.labels()[h_side.rows] if hold is not None and h_side is not None else None
+    cal = [h_labels if r.calibration == "holdout" else
+           (t_labels[r.calibration_rows] if r.calibration_rows is not None else None) for r in results]
+    return per_class.class_tests(results, synthetic_labels=s_labels, calibration_labels=cal, class_names=names,
+                                 alpha=settings.alpha, z_fail=th.z_fail), tuple(names)
 
 
 def _input(reader: h5.DatasetReader, path: Path | None) -> dict[str, Any]:

@@ -781,6 +781,7 @@ def _privacy(s: _SynthSet, p: _Project) -> str:
                                "membership AUC (95 % CI)", "flagged"], rows))
             out.append("<ul class=plain>" + "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in _PLAIN_PRIVACY)
                        + "</ul>")
+        out.append(_per_class(_dict(d.get("per_class"))))
         pairs = _png_file(a.path.parent / "nearest-pairs.png", "closest synthetic/training pairs")
         out.append(_figure(pairs, "closest synthetic/training pairs (flagged first) beside the closest "
                            "holdout/training pairs, with their difference", "No nearest-pairs.png beside the audit."))
@@ -810,6 +811,28 @@ def _flagged(path: Path) -> str:
     body = [[_e(r.get(c, "")) for c in cols] for r in rows[:FLAGGED_ROWS]]
     more = f" (first {FLAGGED_ROWS} of {len(rows)})" if len(rows) > FLAGGED_ROWS else ""
     return _details(f"{len(rows)} flagged synthetic images{more}", _table(list(cols), body))
+
+
+def _per_class(pc: dict[str, Any]) -> str:
+    """The per-class memorization tests of a labelled audit (absent for unlabelled sets)."""
+    tests = _dict(pc.get("tests"))
+    if not tests:
+        return ""
+    rows = []
+    for cls, by_emb in tests.items():
+        for emb, t in _dict(by_emb).items():
+            mem, zu = _dict(_get(t, "memorization")), _dict(_get(t, "z_u"))
+            rows.append([_e(cls), _e(emb), _i(_get(t, "n_synthetic")), _i(_get(t, "n_calibration")),
+                         (f"{_f(mem.get('rate'))} <span class=ci>(adjusted p = {_f(mem.get('p_adjusted'), '.3g')})"
+                          "</span>") if mem else "-",
+                         (f"{_f(zu.get('z'), '.3g')} <span class=ci>(adjusted p = {_f(zu.get('p_adjusted'), '.3g')})"
+                          "</span>") if zu else "-",
+                         _e(_get(t, "skipped") or "")])
+    return ("<h4>Per class</h4><p>The same memorization tests within each class: a conditional model copies first "
+            "where it has few photographs to learn from. Many classes mean many tests, so each p-value is adjusted "
+            f"for their number ({_e(pc.get('multiplicity'))}) before the thresholds apply. A class too small to "
+            "test on its own is named; the whole-set tests above still include it.</p>"
+            + _table(["class", "embedding", "synthetic", "holdout", "memorization rate", "Z_U", "not tested"], rows))
 
 
 def _synthetic_section(s: _SynthSet, p: _Project) -> str:

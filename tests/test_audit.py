@@ -279,3 +279,33 @@ def test_twelve_holdout_images_are_inconclusive_and_an_under_trained_checkpoint_
     assert d["summary"].startswith("The audit cannot decide") and "at least 19 usable holdout images" in d["summary"]
     assert report["checkpoint"] == {"step": 25, "planned_steps": 4000, "note": report["checkpoint"]["note"]}
     assert "step 25 of 4000" in report["checkpoint"]["note"]
+
+
+def test_labelled_sets_get_per_class_tests(data, null_run, tmp_path):
+    # Issue 11 item 5: every set labelled with the same classes -> per-class statistics in report.json.
+    def labelled(path: Path, split: str, kind: str) -> Path:
+        with h5.open_dataset(path) as r:
+            recs = [r.record(i) for i in range(len(r))]
+        with h5.DatasetWriter(tmp_path / path.name, image_size=SIZE, split=split, kind=kind,
+                              class_names=["no_dr", "dr"]) as w:
+            for i, rec in enumerate(recs):
+                rec.label = i % 2
+                w.append(rec)
+        return tmp_path / path.name
+
+    cfg = AuditConfig(train=labelled(data["train"], "train", "real"), holdout=labelled(data["holdout"], "holdout", "real"),
+                      synthetic=labelled(data["null"], "synthetic", "synthetic"), out=tmp_path / "audit",
+                      embeddings="pixel", **FAST)
+    res = _audit(cfg)
+    report = json.loads(res.report.read_text())
+    pc = report["per_class"]
+    assert pc["classes"] == ["no_dr", "dr"] and pc["multiplicity"] == "Holm over 4 per-class tests"
+    for name in ("no_dr", "dr"):
+        t = pc["tests"][name]["pixel"]
+        assert t["n_synthetic"] == 15 and t["n_calibration"] == 20 and t["skipped"] is None
+        assert t["memorization"]["p_adjusted"] >= t["memorization"]["p_exact"]
+        assert t["z_u"]["p_adjusted"] >= t["z_u"]["p"]
+    assert res.decision in ("PASS", "WARN") and not any(r.startswith("class ") for r in res.reasons)
+    assert any(t.startswith("per-class memorization-rate and Z_U tests (2 classes") for t in res.tests_run)
+    # Unlabelled synthetic images (the usual unconditional model): no per-class block.
+    assert json.loads(null_run[1].report.read_text())["per_class"] is None

@@ -407,3 +407,25 @@ def test_withheld_usefulness_is_not_shown_as_a_number(project: Path) -> None:
         ev["usefulness"]["withheld_reason"] = junk
         path.write_text(json.dumps(ev))
         assert "<b>0.877</b>" in _html(project)
+
+
+def test_per_class_audit_is_shown(project: Path) -> None:
+    audit = project / "reports" / "audit-privacy" / "report.json"
+    rep = _audit_report(project, "FAIL")
+    rep["per_class"] = {"classes": ["healthy", EVIL], "multiplicity": "Holm over 3 per-class tests",
+                        "not_tested": [], "tests": {
+                            "healthy": {"pixel": {"n_synthetic": 31, "n_calibration": 29, "skipped": None,
+                                                  "memorization": {"rate": 0.4321, "p_adjusted": 0.000123},
+                                                  "z_u": {"z": -4.56, "p_adjusted": 0.0000789}}},
+                            EVIL: {"pixel": {"n_synthetic": 7, "n_calibration": 12, "memorization": None,
+                                             "z_u": {"z": -1.23, "p_adjusted": 0.3}, "skipped": "12 holdout images"}}}}
+    audit.write_text(json.dumps(rep))
+    page = _html(project)
+    part = page[page.index("<h4>Per class</h4>"):]
+    part = part[:part.index("</table>")]
+    assert "Holm over 3 per-class tests" in part and "<td>31</td>" in part and "<td>29</td>" in part
+    assert "0.4321 <span class=ci>(adjusted p = 0.000123)" in part and "-4.56 <span class=ci>(adjusted p = 7.89e-05)" in part
+    assert "12 holdout images" in part and "<script" not in part
+    rep["per_class"] = None
+    audit.write_text(json.dumps(rep))
+    assert "<h4>Per class</h4>" not in _html(project)

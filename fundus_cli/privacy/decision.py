@@ -31,14 +31,17 @@ INCONCLUSIVE (exit 3): calibrated without a holdout (leave-one-out) and not acce
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import stats as sps
 
 from fundus_cli.errors import FundusError
 from fundus_cli.privacy.stats import EmbeddingAudit
+
+if TYPE_CHECKING:
+    from fundus_cli.privacy.per_class import ClassTest
 
 EXIT_CODES = {"PASS": 0, "WARN": 0, "FAIL": 1, "INCONCLUSIVE": 3}
 MEMORIZATION_TESTS = ("exact", "binomial")
@@ -109,6 +112,11 @@ class Decision:
     inconclusive: tuple[str, ...] = ()  # why the audit cannot decide (tests that could not fail, no holdout)
     min_holdout: int | None = None  # usable holdout images that would let every test reach its level
     min_synthetic: int | None = None  # synthetic images that would (None: enough already)
+    # Per-class tests (labelled sets): Holm-adjusted p-values by (class, embedding, test), and the
+    # classes too small to be tested on their own.
+    class_adjusted: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    classes_not_tested: tuple[str, ...] = ()
+    classes_failed: tuple[str, ...] = ()  # classes whose own tests FAIL
 
     @property
     def confirmed(self) -> tuple[int, ...]:
@@ -118,7 +126,8 @@ class Decision:
 def decide(results: Sequence[EmbeddingAudit], *, phash_bits: np.ndarray | None = None,
            phash_index: np.ndarray | None = None, phash_flipped: np.ndarray | None = None,
            registered_match: np.ndarray | None = None, accept_leave_one_out: bool = False,
-           thresholds: Thresholds = Thresholds(), min_cell_synthetic: int = 20) -> Decision:
+           thresholds: Thresholds = Thresholds(), min_cell_synthetic: int = 20,
+           classes: Sequence[ClassTest] | None = None) -> Decision:
     """Apply the decision rules to the embeddings' statistics.
 
     results: one ``EmbeddingAudit`` per embedding, all on the same synthetic images.
@@ -129,6 +138,8 @@ def decide(results: Sequence[EmbeddingAudit], *, phash_bits: np.ndarray | None =
         only where the embedding named "registered" flags the image).
     accept_leave_one_out: the user accepts a calibration without holdout (else INCONCLUSIVE).
     min_cell_synthetic: the statistics' AuditSettings.min_cell_synthetic (what C_T needs per cell).
+    classes: per-class tests (``per_class.class_tests``) of labelled sets; their p-values are
+        Holm-adjusted together, then judged by the set-level thresholds.
     """
     th = thresholds
     if not results:
@@ -181,6 +192,8 @@ def decide(results: Sequence[EmbeddingAudit], *, phash_bits: np.ndarray | None =
             elif mia.p < th.warn_p:
                 warns.append(text)
 
+    adjusted, not_tested, ran_classes, failed_classes = _class_rules(classes or (), th, fails, warns)
+
     loo = any(r.calibration != "holdout" for r in results)
     power = _power(results, th, n_s, accept_leave_one_out=accept_leave_one_out,
                    min_cell_synthetic=min_cell_synthetic)
@@ -198,8 +211,57 @@ def decide(results: Sequence[EmbeddingAudit], *, phash_bits: np.ndarray | None =
     else:
         status = "PASS"
     return Decision(status=status, exit_code=EXIT_CODES[status], reasons=tuple(fails), warnings=tuple(warns),
-                    flags=tuple(flags), thresholds=th, tests_run=power.ran, inconclusive=tuple(inconclusive),
-                    min_holdout=power.min_holdout, min_synthetic=power.min_synthetic)
+                    flags=tuple(flags), thresholds=th, tests_run=power.ran + ran_classes,
+                    inconclusive=tuple(inconclusive), min_holdout=power.min_holdout,
+                    min_synthetic=power.min_synthetic, class_adjusted=adjusted, classes_not_tested=not_tested,
+                    classes_failed=failed_classes)
+
+
+def _class_rules(classes: Sequence[ClassTest], th: Thresholds, fails: list[str], warns: list[str]
+                 ) -> tuple[dict[tuple[str, str, str], float], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The set-level memorization and Z_U rules applied per class, on Holm-adjusted p-values (one
+    family: every class, embedding and test), so that testing many classes does not by itself
+    produce a FAIL. A class too small for a test is listed, not failed: the set-level tests still
+    cover its images, and the per-image copy test does not depend on classes."""
+    from fundus_cli.privacy.per_class import holm
+
+    keys: list[tuple[str, str, str]] = []
+    raw: list[float] = []
+    for t in classes:
+        if t.memorization is not None:
+            keys.append((t.name, t.embedding, "memorization"))
+            raw.append(t.memorization.p_exact if th.memorization_test == "exact" else t.memorization.p_binomial)
+        if t.z_u is not None:
+            keys.append((t.name, t.embedding, "z_u"))
+            raw.append(t.z_u.p)
+    adj = dict(zip(keys, (float(v) for v in holm(raw))))
+    z_fail_p = float(sps.norm.cdf(th.z_fail))  # the set-level Z_U <= z_fail, as a one-sided p-value
+    family = f"Holm-adjusted over {len(keys)} per-class tests"
+    failed: list[str] = []
+    for t in classes:
+        where = f"class {t.name!r} ({t.embedding}, {t.n_synthetic} synthetic vs {t.n_calibration} holdout)"
+        if t.memorization is not None:
+            p = adj[(t.name, t.embedding, "memorization")]
+            mem = t.memorization
+            text = f"{where}: memorization rate {mem.rate:.3f} vs alpha {mem.alpha:g} ({family}: p = {p:.3g})"
+            if p < th.memorization_p_fail and mem.rate - mem.alpha >= th.memorization_excess_fail:
+                fails.append(text)
+                failed.append(t.name)
+            elif p < th.warn_p:
+                warns.append(text)
+        if t.z_u is not None:
+            p = adj[(t.name, t.embedding, "z_u")]
+            text = f"{where}: Z_U = {t.z_u.z:.2f} ({family}: p = {p:.3g})"
+            if p <= z_fail_p:
+                fails.append(text)
+                failed.append(t.name)
+            elif p < th.warn_p:
+                warns.append(text)
+    not_tested = tuple(sorted({f"class {t.name!r}: {t.skipped}" for t in classes if t.skipped}))
+    tested = sorted({t.name for t in classes if t.memorization is not None or t.z_u is not None})
+    ran = (f"per-class memorization-rate and Z_U tests ({len(tested)} classes: {', '.join(tested)}; "
+           f"{family})",) if tested else ()
+    return adj, not_tested, ran, tuple(dict.fromkeys(failed))
 
 
 # --------------------------------------------------------------------------- power: could each test fail?
@@ -402,7 +464,14 @@ def explain(decision: Decision, results: Sequence[EmbeddingAudit], *,
         parts.append(f"{len(copies)} synthetic image{'s are copies' if len(copies) != 1 else ' is a copy'} of "
                      f"training photograph{'s' if len(listed) != 1 else ''} {', '.join(listed[:10])}{more} "
                      "(possibly mirrored, moved or re-encoded): do not share the synthetic images as they are.")
-    set_level = [r for r in decision.reasons if "confirmed cop" not in r]
+    in_class = list(decision.classes_failed)
+    set_level = [r for r in decision.reasons if "confirmed cop" not in r and not r.startswith("class ")]
+    if in_class:
+        parts.append(f"Within class{'es' if len(in_class) > 1 else ''} {', '.join(in_class)}, the synthetic images sit "
+                     "closer to the training photographs than new photographs of the same class do (after allowing "
+                     "for the number of classes tested)"
+                     + ("; no individual photograph was copied." if not copies else ", beyond the copies above.")
+                     + " A class with few training photographs is where a conditional model memorises first.")
     if set_level:
         shares = [r.dcr_share for r in results if r.dcr_share is not None and np.isfinite(r.dcr_share)]
         share = float(np.median(shares)) if shares else None
@@ -420,12 +489,12 @@ def explain(decision: Decision, results: Sequence[EmbeddingAudit], *,
     if decision.status == "INCONCLUSIVE":
         need = []
         if decision.min_holdout is not None:
-            need.append(f"at least {decision.min_holdout} usable holdout images")
+            need.append(f"at least {decision.min_holdout} usable holdout images (photographs the model never saw, of "
+                        "patients not in training)")
         if decision.min_synthetic is not None:
             need.append(f"at least {decision.min_synthetic} synthetic images")
         parts.append("The audit cannot decide: " + "; ".join(decision.inconclusive)
-                     + (f". Give it {' and '.join(need)} (holdout images the model never saw, from patients not "
-                        "in training) and run it again." if need else "."))
+                     + (f". Give it {' and '.join(need)}, and run it again." if need else "."))
     elif decision.status == "WARN":
         parts.append("No copy was confirmed, but a test is borderline (" + "; ".join(decision.warnings[:3])
                      + "): look at the closest pairs before sharing.")
@@ -433,4 +502,7 @@ def explain(decision: Decision, results: Sequence[EmbeddingAudit], *,
         parts.append("No synthetic image was found to copy a training photograph, and the set as a whole is no "
                      f"closer to the training photographs than new photographs are ({len(decision.tests_run)} tests "
                      f"ran, each able to fail at its threshold: {'; '.join(decision.tests_run)}).")
+    if decision.classes_not_tested:
+        parts.append("Too small to be tested on their own (the whole-set tests still include them): "
+                     + "; ".join(decision.classes_not_tested) + ".")
     return " ".join(parts)
