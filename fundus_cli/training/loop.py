@@ -26,6 +26,7 @@ from fundus_cli import __version__
 from fundus_cli.data.dataset import CACHE_CHOICES, ImageSource, prefetch
 from fundus_cli.errors import FundusError
 from fundus_cli.fsio import write_json_atomic, write_text_atomic
+from fundus_cli.progress import enabled as progress_enabled
 from fundus_cli.progress import track
 from fundus_cli.training import checkpoint as ckpt_mod
 from fundus_cli.training import distributed
@@ -423,6 +424,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, log: Cal
         step = start
         interrupted = False
         announced = False
+        # no bar (stderr is not a terminal, e.g. a cluster log): a line a minute instead, whose
+        # time left follows the measured rate (the first estimate can be off by 1.5-3x)
+        progress_bar = progress_enabled()
+        last_line = time.perf_counter()
         grid_path: Path | None = None
         with _StopFlag() as stop, track(f"train {cfg.arch}", cfg.steps - start, unit="step") as advance:
             metrics_file = open(run_dir / "metrics.jsonl", "a") if d.main else None
@@ -442,6 +447,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, log: Cal
                         log(f"about {per_step * (cfg.steps - done) / 60:.1f} min for the remaining "
                             f"{cfg.steps - done} steps ({per_step:.2f} s/step on {device})")
                         announced = True
+                    if not progress_bar and d.main and time.perf_counter() - last_line > PROGRESS_EVERY_S:
+                        last_line = time.perf_counter()
+                        log(_progress_line(cfg, done, window))
                     if done % cfg.log_every == 0 or done == cfg.steps:
                         secs = sum(w[0] for w in window[-cfg.log_every:])
                         imgs = sum(w[1] for w in window[-cfg.log_every:])
@@ -485,6 +493,20 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, log: Cal
                            interrupted=interrupted, last_metrics=metrics, grid=grid_path, loss_plot=loss_plot)
     finally:
         source.close()
+
+
+PROGRESS_EVERY_S = 60.0
+
+
+def _progress_line(cfg: TrainConfig, done: int, window: list[tuple[float, int]]) -> str:
+    """'train gan: step 300/1500 (20 %), 41.2 images/s, about 7.5 min left' from the last 50 steps."""
+    recent = window[-50:]
+    secs = sum(w[0] for w in recent)
+    per_step = secs / max(1, len(recent))
+    left = per_step * (int(cfg.steps or 0) - done) / 60
+    rate = sum(w[1] for w in recent) / secs if secs > 0 else 0.0
+    return (f"train {cfg.arch}: step {done}/{cfg.steps} ({100 * done / max(1, int(cfg.steps or 1)):.0f} %), "
+            f"{rate:.1f} images/s, about {left:.1f} min left")
 
 
 def _gather_rng(gen: torch.Generator, d: distributed.Dist) -> dict[str, torch.Tensor]:

@@ -163,3 +163,17 @@ def test_default_batch_shrinks_to_a_small_dataset_explicit_batch_is_refused(tiny
     with pytest.raises(FundusError, match=f"fewer than one batch of {n + 1}.*--batch {n} or less"):
         train(TrainConfig(data=tiny_data / "train.h5", arch="vae", out=tmp_path / "b", size=32, batch=n + 1,
                           steps=1, device="cpu"))
+
+
+def test_progress_lines_without_a_bar_follow_the_measured_rate(tiny_data: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from fundus_cli.training import loop
+
+    monkeypatch.setattr(loop, "PROGRESS_EVERY_S", 0.0)  # a line after every step
+    said: list[str] = []
+    train(_cfg(tiny_data, tmp_path / "p", "gan", steps=3), log=said.append)
+    lines = [s for s in said if s.startswith("train gan: step")]
+    assert [line.split()[3] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert lines[-1].endswith("about 0.0 min left") and "images/s" in lines[0]
+    line = loop._progress_line(TrainConfig(arch="vae", steps=100), 50, [(0.6, 32)] * 60)
+    assert line == "train vae: step 50/100 (50 %), 53.3 images/s, about 0.5 min left"
