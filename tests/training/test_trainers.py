@@ -74,3 +74,21 @@ def test_format_1_checkpoints_are_refused_with_the_reason(tmp_path) -> None:  # 
     torch.save(old, tmp_path / "old.pt")
     with pytest.raises(FundusError, match="format 1.*optic-disc orientation.*Train again"):
         ckpt_mod.load_checkpoint(tmp_path / "old.pt")
+
+
+def test_bf16_autocast_and_channels_last_paths_run_on_cpu() -> None:
+    # the GPU presets use bf16 autocast and channels-last; their code paths run on a CPU too
+    import math
+
+    x = (torch.rand(4, 3, 32, 32) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0, 1, 0, 1])
+    for trainer in (VAETrainer(MODEL, VAE_HP, device=torch.device("cpu"), fov_mask=None, amp="bf16",
+                               channels_last=True),
+                    GANTrainer(MODEL, {**GAN_HP, "r1_every": 1}, device=torch.device("cpu"), fov_mask=None,
+                               amp="bf16", channels_last=True)):
+        if isinstance(trainer, GANTrainer):
+            trainer.ada_p = 0.5
+        out = trainer.step(x, y, 0, torch.Generator().manual_seed(0))
+        assert all(math.isfinite(v) for v in out.values()), out
+        sample = trainer.sample(torch.randn(2, 16), y[:2])
+        assert sample.dtype == torch.float32 and sample.shape == (2, 3, 32, 32)
