@@ -770,6 +770,8 @@ def _privacy(s: _SynthSet, p: _Project) -> str:
         for name, e in _dict(d.get("embeddings")).items():
             mem, zu, ct, mi = (_dict(_get(e, k)) for k in ("memorization", "z_u", "c_t", "membership"))
             rows.append([_e(name), _f(_get(e, "dcr_synthetic_median")), _f(_get(e, "dcr_calibration_median")),
+                         # No tau_alpha (too small a holdout): a rate of 0 would read as "nothing memorised".
+                         "<span class=warn>not run (no tau_alpha)</span>" if "tau" in mem and mem["tau"] is None else
                          f"{_f(mem.get('rate'))} <span class=ci>(p = {_f(mem.get('p_exact'), '.3g')})</span>",
                          _f(zu.get("z"), ".3g"), _f(ct.get("c_t"), ".3g"), _f(_get(e, "dcr_share"), ".3g"),
                          _ci({"value": mi.get("auc"), "ci_low": mi.get("ci_low"), "ci_high": mi.get("ci_high")},

@@ -376,6 +376,11 @@ def test_verdicts_and_statistics_in_plain_words(project: Path) -> None:
     page = _html(project)
     assert "INCONCLUSIVE: with 12 holdout images the smallest possible p-value is 1/13 = 0.077" in page
     assert "To decide, the audit needs at least 19 usable holdout images." in page
+    assert "not run (no tau_alpha)" not in page
+    rep["embeddings"]["pixel"]["memorization"] = {"rate": 0.0, "p_exact": 1.0, "tau": None}
+    audit.write_text(json.dumps(rep))
+    page = _html(project)
+    assert "<span class=warn>not run (no tau_alpha)</span>" in page and "0 <span class=ci>(p = 1)" not in page
     assert "The audit cannot decide: with 12 holdout images ... Give it at least 19." in page
     assert "not a sign that sharing is safe" in page
     for _, sentence in _PLAIN_PRIVACY:
