@@ -400,6 +400,10 @@ def _f(x: float | None, fmt: str) -> str:
     return "-" if x is None or not np.isfinite(x) else format(x, fmt)
 
 
+def _milli(x: float | None) -> float | None:
+    return None if x is None else 1e3 * x
+
+
 def _ci(m: dict[str, float]) -> str:
     return f"[{1e3 * m['ci_low']:.2f}, {1e3 * m['ci_high']:.2f}]"
 
@@ -418,7 +422,7 @@ def table(results: list[dict[str, Any]]) -> str:
         k = e.get("kid_real_train", {})
         tv = e["fundus_statistics"].get("train_vs_real", {})
         ci = _ci(k) if k else ""
-        lines.append(f"{'real train':<10} {'':>5} {'':>6} {'':>6} {_f(1e3 * _v(e, 'kid_real_train'), '.2f'):>8} "
+        lines.append(f"{'real train':<10} {'':>5} {'':>6} {'':>6} {_f(_milli(_v(e, 'kid_real_train')), '.2f'):>8} "
                      f"{ci:>17} {'':>7} {'':>7} {_f(_v(e, 'precision_real_train'), '.2f'):>5} "
                      f"{_f(_v(e, 'recall_real_train'), '.2f'):>5} "
                      + " ".join(f"{_f(tv.get(key), fmt):>7}" for _, key, fmt in STAT_COLUMNS) + "  (the floor)")
@@ -435,9 +439,9 @@ def table(results: list[dict[str, Any]]) -> str:
             sv = e["fundus_statistics"]["synthetic_vs_real"]
         else:
             kid, sv = f"{'eval error':>26}", {}
-        cls = _f(1e3 * c["kid_excess"], ".2f") if "kid_excess" in c else "-"
+        cls = _f(_milli(c.get("kid_excess")), ".2f")
         lines.append(f"{r['name']:<10} {r['minutes']:>5g} {tr['steps']:>6d} {tr['images_per_cpu_second']:>6.1f} "
-                     f"{kid} {_f(1e3 * e['kid_excess'] if 'kid_excess' in e else None, '.2f'):>7} {cls:>7} "
+                     f"{kid} {_f(_milli(e.get('kid_excess')), '.2f'):>7} {cls:>7} "
                      f"{_f(_v(e, 'precision'), '.2f'):>5} {_f(_v(e, 'recall'), '.2f'):>5} "
                      + " ".join(f"{_f(sv.get(key), fmt):>7}" for _, key, fmt in STAT_COLUMNS)
                      + f"  {r['audit']['decision']}")
