@@ -409,7 +409,7 @@ def _ci(m: dict[str, float]) -> str:
 
 
 STAT_COLUMNS = (("vessel", "vessel_density", ".4f"), ("colour", "colour_emd", ".2f"),
-                ("sharp", "sharpness", ".1f"), ("disc", "disc_brightness", ".2f"))
+                ("sharp", "sharpness", ".0f"), ("disc", "disc_brightness", ".2f"))
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -439,7 +439,7 @@ def table(results: list[dict[str, Any]]) -> str:
             sv = e["fundus_statistics"]["synthetic_vs_real"]
         else:
             kid, sv = f"{'eval error':>26}", {}
-        cls = _f(_milli(c.get("kid_excess")), ".2f")
+        cls = _f(_milli(c.get("kid_excess")), ".1f")
         lines.append(f"{r['name']:<10} {r['minutes']:>5g} {tr['steps']:>6d} {tr['images_per_cpu_second']:>6.1f} "
                      f"{kid} {_f(_milli(e.get('kid_excess')), '.2f'):>7} {cls:>7} "
                      f"{_f(_v(e, 'precision'), '.2f'):>5} {_f(_v(e, 'recall'), '.2f'):>5} "

@@ -87,7 +87,7 @@ def test_dcgan_samples_table_and_figure(bench, tiny_data: Path, tmp_path: Path) 
     lines = text.splitlines()
     assert lines[2].startswith("real train") and lines[3].startswith("dcgan") and "PASS" in lines[3]
     assert lines[3].split()[4:8] == ["43.20", "[42.20,", "44.20]", "39.20"]  # KID, its CI and excess, x 1000
-    assert lines[2].split()[-6:-2] == ["0.0100", "9.00", "150.0", "12.00"]  # real-train stat distances
+    assert lines[2].split()[-6:-2] == ["0.0100", "9.00", "150", "12.00"]  # real-train stat distances
     assert " 0.25  0.12 " in lines[3]
     assert "FAILED" in lines[4]
 
