@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,9 @@ def folder_lock(folder: Path, *, command: str) -> Iterator[dict[str, Any]]:
 # CSV files that people open in spreadsheets
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# Digits, signs, dots, exponents and spaces ("-0.25", "-6 8" shifts) cannot call a function or
+# reach another cell, so such cells stay as they are.
+_ARITHMETIC = re.compile(r"[-+0-9.eE ]+")
 
 
 def csv_cell(value: Any) -> str:
@@ -172,15 +176,11 @@ def csv_cell(value: Any) -> str:
 
     File names and patient ids are untrusted: a cell such as `=cmd|' /C calc'!A0` is run by
     Excel and LibreOffice when the CSV is opened. Text starting with = + - @ tab or CR gets a
-    leading apostrophe (OWASP's advice); numbers such as -0.25 are left as they are.
+    leading apostrophe (OWASP's advice), unless it is only numbers (-0.25, a "-6 8" shift).
     """
     text = "" if value is None else str(value)
-    if text.startswith(_FORMULA_START):
-        try:
-            float(text)
-            return text
-        except ValueError:
-            return "'" + text
+    if text.startswith(_FORMULA_START) and not _ARITHMETIC.fullmatch(text):
+        return "'" + text
     return text
 
 
