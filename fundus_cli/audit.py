@@ -64,7 +64,7 @@ REPORT_VERSION = 1
 SIGNIFICANT = 6  # digits kept of every float in report.json and flagged.csv
 FLAGGED_COLUMNS = ("synthetic_index", "synthetic_source", "train_index", "train_source", "train_patient",
                    "embedding", "distance", "flipped", "ratio", "p_value", "confirmed", "flagged_in", "phash_bits",
-                   "shift", "registered_match")
+                   "shift_dy", "shift_dx", "registered_match")
 _PAIRS = 6  # rows of nearest-pairs.png
 _SEED_HOLDOUT = 21  # sub-seed of the holdout subsample (beyond max_holdout)
 _SEED_VIEWS = 22  # sub-seed of the training sample that the view search's projection is fitted on

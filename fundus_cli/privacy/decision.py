@@ -96,7 +96,9 @@ class Flag:
         return {"synthetic_index": self.synthetic, "train_index": self.train_index, "embedding": self.embedding,
                 "distance": self.distance, "flipped": self.flipped, "ratio": self.ratio, "p_value": self.p_value,
                 "confirmed": self.confirmed, "flagged_in": "+".join(self.embeddings), "phash_bits": self.phash_bits,
-                "shift": None if self.shift is None else f"{self.shift[0]} {self.shift[1]}",
+                # Two numeric columns: a text cell "-6 8" would be neutralised as a spreadsheet formula.
+                "shift_dy": None if self.shift is None else self.shift[0],
+                "shift_dx": None if self.shift is None else self.shift[1],
                 "registered_match": self.registered_match}
 
 

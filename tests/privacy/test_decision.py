@@ -322,7 +322,7 @@ def test_rule_registered_match_confirms_a_moved_copy(clean):
     assert d.status == "FAIL" and d.confirmed == (2,)
     flag = d.flags[0]
     assert flag.embedding == "registered" and flag.shift == (8, -3) and flag.registered_match
-    assert flag.row()["shift"] == "8 -3" and "same fine detail moved by 8, -3 px" in d.reasons[0]
+    assert (flag.row()["shift_dy"], flag.row()["shift_dx"]) == (8, -3) and "same fine detail moved by 8, -3 px" in d.reasons[0]
     # Without the registered distance among the results, a match cannot confirm anything.
     assert not decide([pixel, tiled], registered_match=match).confirmed
 
