@@ -3,6 +3,7 @@ each beside a straightforward reference on the same random features.
 
     python benchmarks/evaluate.py            # 2,000 x 960 features, FID also at 2,048 dims
     python benchmarks/evaluate.py --quick    # smoke run in seconds
+    python benchmarks/evaluate.py --data /tmp/idrid64   # one whole `evaluate` with usefulness, per stage
 
 - features: RandomCNN images per second on random 64 px uint8 images (CPU; CUDA too when present).
 - FID: ours (Cholesky / nuclear-norm traces, fundus_cli.metrics.fid) vs the pytorch-fid
@@ -76,7 +77,16 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="BLAS and torch threads (default: all cores)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="instead: time one whole `evaluate` on DIR/train.h5 + DIR/holdout.h5 from `fundus ingest`, "
+                        "with a labelled stand-in synthetic set (the training images, vessels closed and a "
+                        "checkerboard added); one line per stage with the elapsed time")
+    p.add_argument("--usefulness-seeds", type=int, default=3)
+    p.add_argument("--fractions", default="0.1,0.25,0.5,1.0", help="usefulness shares of the real images")
     args = p.parse_args()
+    if args.data is not None:
+        end_to_end(args)
+        return
     if args.quick:
         args.n, args.dim, args.fid_cases, args.images, args.repeat = 300, 128, "200x256", 256, 1
 
@@ -246,3 +256,46 @@ def peak_mib(fn: Callable[[], object]) -> float:
 
 if __name__ == "__main__":
     main()
+
+
+def end_to_end(args: argparse.Namespace) -> None:
+    """Wall time of one `fundus evaluate` with usefulness, stage by stage (the progress lines)."""
+    import tempfile
+
+    from fundus_cli import progress
+    from fundus_cli.data import h5
+    from fundus_cli.evaluate import EvaluateConfig, evaluate
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from features import generators  # the known-bad generators of benchmarks/features.py
+
+    threads = args.threads or 1
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        synth = Path(tmp) / "synthetic.h5"
+        with h5.open_dataset(args.data / "train.h5") as r:
+            images, masks = r.images(), r.fov_masks()
+            fake = generators(images, masks, np.random.default_rng(0))["discs+texture"]
+            with h5.DatasetWriter(synth, image_size=r.info.image_size, split="synthetic", kind="synthetic",
+                                  class_names=r.info.class_names) as w:
+                for i in range(len(r)):
+                    rec = r.record(i)
+                    rec.image = fake[i]
+                    w.append(rec)
+            n_train = len(r)
+        with h5.open_dataset(args.data / "holdout.h5") as r:
+            n_hold, size = len(r), r.info.image_size
+        fractions = tuple(float(f) for f in args.fractions.split(","))
+        print(f"# evaluate end to end: {n_train} train, {n_hold} holdout, {n_train} synthetic images at {size} px; "
+              f"{threads} thread(s); usefulness {args.usefulness_seeds} seeds x fractions {fractions}; load average "
+              f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+        progress.set_lines(True)
+        t0 = time.perf_counter()
+        cpu0 = time.process_time()
+        r = evaluate(EvaluateConfig(real=args.data / "holdout.h5", synthetic=synth, train=args.data / "train.h5",
+                                    out=Path(tmp) / "report", usefulness_seeds=args.usefulness_seeds,
+                                    usefulness_fractions=fractions))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        print(f"total: {wall:.0f} s wall, {cpu:.0f} s CPU (this process)")
+        if r.usefulness is not None:
+            print(f"usefulness: {r.usefulness['summary'].get('headline') or r.usefulness['withheld_reason']}")

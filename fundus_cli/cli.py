@@ -378,9 +378,10 @@ def evaluate_cmd(
     synthetic: Annotated[Path, typer.Option(help="Synthetic images from `fundus sample`.")] = Path("data/synthetic.h5"),
     train: Annotated[Path, typer.Option(help="Real training images (the real-vs-real baseline; usefulness).")] = Path("data/train.h5"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("reports/evaluate"),
-    features: Annotated[str, typer.Option(help="Feature network: random (fixed random CNN, offline), inception (the "
+    features: Annotated[str, typer.Option(help="Feature space: fundus (colour, detail by scale, vessels, texture; "
+                                          "sees missing vessels), random (fixed random CNN, offline), inception (the "
                                           "standard FID Inception-v3, comparable numbers; needs --weights), classifier "
-                                          "(the usefulness classifier trained on the labelled --train set).")] = "random",
+                                          "(the usefulness classifier trained on the labelled --train set).")] = "fundus",
     weights: Annotated[Optional[Path], typer.Option(help="--features inception: the weights file "
                                                     "pt_inception-2015-12-05-6726825d.pth (default: "
                                                     "$FUNDUS_INCEPTION_WEIGHTS).")] = None,
@@ -390,6 +391,8 @@ def evaluate_cmd(
     seed: Annotated[int, typer.Option(help="Seed for subsets and bootstraps.")] = 0,
     usefulness: Annotated[bool, typer.Option(help="Train-on-synthetic/test-on-real classifiers (needs labels).")] = True,
     usefulness_steps: Annotated[int, typer.Option(help="Training steps of each usefulness classifier (at least).")] = 300,
+    usefulness_seeds: Annotated[int, typer.Option(help="Training seeds per usefulness scenario (paired gains "
+                                                  "average over them).")] = 3,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing report.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -401,7 +404,9 @@ def evaluate_cmd(
     """
     cfg = api.EvaluateConfig(real=real, synthetic=synthetic, train=train, out=out, features=features,
                              weights=weights, metrics=metrics, size=size, n_boot=n_boot, seed=seed,
-                             usefulness=usefulness, usefulness_steps=usefulness_steps, force=force)
+                             usefulness=usefulness, usefulness_steps=usefulness_steps,
+                             usefulness_seeds=usefulness_seeds, force=force)
+    progress.set_lines(not _state["quiet"])  # one line per stage on stderr, also in logs
     r = api.evaluate(cfg)
     if not _state["quiet"]:
         _notes(r.notes)

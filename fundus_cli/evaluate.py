@@ -8,7 +8,10 @@ statistics (colour, vessels, sharpness, optic disc) and their distances.
 
 Usefulness (labels on all three sets): the small-CNN recipe of `metrics.usefulness`.
 
-Feature networks (`features`): `random` (a fixed random CNN, offline, the default),
+Feature networks (`features`): `fundus` (the default: a 29-number descriptor of colour,
+detail by scale, vessels and pixel-grid texture, see metrics/fundus_features.py; chosen by
+benchmarks/features.py, where it alone called vessel-free and textured photographs
+distinguishable at ~100 holdout images), `random` (a fixed random CNN, offline),
 `inception` (the standard FID Inception-v3 from a local weights file: numbers comparable
 with other FID tools) and `classifier` (the usefulness classifier trained on the labelled
 real training set).
@@ -16,6 +19,7 @@ real training set).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +37,16 @@ from fundus_cli.metrics.features import RandomCNN
 from fundus_cli.metrics.fundus_stats import SCALAR_STATS, fundus_stats, stat_distances
 from fundus_cli.metrics.registry import resolve_metrics
 from fundus_cli.metrics.usefulness import Recipe
-from fundus_cli.progress import track
+from fundus_cli.progress import line, track
 
-FEATURES = ("random", "inception", "classifier")
+FEATURES = ("random", "fundus", "inception", "classifier")
 # Lower is better for these; higher for the rest (precision, recall, density, coverage).
 LOWER_IS_BETTER = {"fid", "kid"}
 MIN_PER_CLASS = 10
+# Fewest images on each side for a metric with its resampling interval: the intervals
+# recompute it on half-samples, and PRDC with k = 5 needs 6 images in each half.
+MIN_IMAGES = {"prdc": 12}
+MIN_IMAGES_DEFAULT = 4
 BOUNDS = {"fid": (0.0, np.inf), "precision": (0.0, 1.0), "recall": (0.0, 1.0), "coverage": (0.0, 1.0),
           "density": (0.0, np.inf)}  # fewer images of a class than this: no per-class realism numbers
 
@@ -49,7 +57,7 @@ class EvaluateConfig:
     synthetic: Path = Path("data/synthetic.h5")  # from `fundus sample`
     train: Path | None = Path("data/train.h5")  # real training images: the real-vs-real baseline
     out: Path = Path("reports/evaluate")  # report folder
-    features: str = "random"  # feature network: random (fixed random CNN), inception (FID), classifier
+    features: str = "fundus"  # feature space: fundus (descriptor), random (fixed random CNN), inception, classifier
     weights: Path | None = None  # inception: pt_inception-2015-12-05-6726825d.pth ($FUNDUS_INCEPTION_WEIGHTS)
     metrics: str = "fid,kid,prdc"  # realism metrics
     size: int | None = None  # compare at this size (default: the smallest of the inputs)
@@ -57,6 +65,9 @@ class EvaluateConfig:
     seed: int = 0
     usefulness: bool = True  # train-on-synthetic/test-on-real classifiers when labels exist
     usefulness_steps: int = 300  # classifier training steps per scenario
+    usefulness_seeds: int = 3  # training seeds per scenario (the paired gains average over them)
+    usefulness_fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)  # shares of the real images: the learning curve
+    usefulness_size: int = 128  # classifier input side at most (smaller inputs stay at their size)
     force: bool = False  # overwrite an existing report
 
 
@@ -105,9 +116,11 @@ def _sizes(cfg: EvaluateConfig) -> dict[str, int]:
 
 
 def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
+    started = time.perf_counter()
     if cfg.features not in FEATURES:
-        raise FundusError(f"--features {cfg.features!r}: choose from {', '.join(FEATURES)} (random: a fixed random "
-                          "CNN, offline; inception: the standard FID network from a local weights file, --weights; "
+        raise FundusError(f"--features {cfg.features!r}: choose from {', '.join(FEATURES)} (fundus: a descriptor of "
+                          "colour, detail, vessels and texture; random: a fixed random CNN, offline; inception: "
+                          "the standard FID network from a local weights file, --weights; "
                           "classifier: the usefulness classifier trained on the labelled training set).")
     if cfg.weights is not None and cfg.features != "inception":
         raise FundusError(f"--weights {cfg.weights} is the Inception weights file, used only with --features "
@@ -140,7 +153,12 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         raise FundusError(f"{cfg.real} and {train_path} have different classes ({list(real.class_names)} vs "
                           f"{list(train.class_names)}); they must come from one ingest.")
 
-    recipe = Recipe(min_steps=cfg.usefulness_steps, size=min(64, size))
+    def stage(text: str) -> None:
+        line(f"evaluate: {text} ({time.perf_counter() - started:.0f} s)")
+
+    recipe = Recipe(min_steps=cfg.usefulness_steps, size=min(cfg.usefulness_size, size))
+    stage(f"loaded {len(real.images)} real, {len(synth.images)} synthetic"
+          + (f", {len(train.images)} training images" if train is not None else "") + f" at {size} px")
     extractor, features_record = _extractor(cfg, train, recipe, notes)
     with track("features", 3 if train is not None else 2, unit="set") as advance:
         feats = {}
@@ -150,19 +168,36 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
             feats[s.name] = np.concatenate([extractor(s.images[i : i + 128], mask)
                                             for i in range(0, len(s.images), 128)])
             advance()
+    if cfg.features == "fundus":
+        names = list(feats)
+        feats = dict(zip(names, standardise(feats["real"], [feats[k] for k in names])))
 
+    stage(f"{cfg.features} features extracted")
     realism = _realism(real, synth, train, feats, metrics, cfg, notes, mask)
+    stage("realism metrics and their intervals done")
     stats = _fundus_statistics(real, synth, train, mask)
+    stage("fundus statistics done")
     useful = None
     labelled = (len(real.class_names) >= 2 and (real.labels >= 0).all() and (synth.labels >= 0).all()
                 and train is not None and (train.labels >= 0).all())
     if cfg.usefulness and labelled and synth.class_names == real.class_names:
-        from fundus_cli.metrics.usefulness import usefulness
+        from fundus_cli.metrics.usefulness import summarise, usefulness
 
-        useful = usefulness(train.images, train.labels, real.images, real.labels, synth.images, synth.labels,
+        result = usefulness(train.images, train.labels, real.images, real.labels, synth.images, synth.labels,
                             n_classes=len(real.class_names), seed=cfg.seed, recipe=recipe,
-                            trained={"real": extractor.model} if cfg.features == "classifier" else None)
-        useful = {"scenarios": useful, "summary": _usefulness_summary(useful), "recipe": recipe.__dict__}
+                            seeds=cfg.usefulness_seeds, fractions=cfg.usefulness_fractions,
+                            trained={"real": extractor.model} if cfg.features == "classifier" else None,
+                            on_stage=stage)
+        summary = summarise(result, len(real.class_names))
+        for row in result["label_fidelity"]:
+            row["class"] = real.class_names[row["class_index"]]
+        useful = {"scenarios": result["scenarios"], "gains": None if summary["withheld_reason"] else result["gains"],
+                  "label_fidelity": result["label_fidelity"], "summary": summary,
+                  "withheld_reason": summary["withheld_reason"], "recipe": recipe.__dict__,
+                  "seeds": cfg.usefulness_seeds, "fractions": list(cfg.usefulness_fractions)}
+        stage("usefulness done")
+        if summary["withheld_reason"]:
+            notes.append(f"usefulness: {summary['withheld_reason']}")
     elif cfg.usefulness:
         why = ("the synthetic set has other classes than the real data" if labelled else
                "it needs labels on the training, holdout and synthetic sets (a conditional model)")
@@ -171,9 +206,12 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     out.mkdir(parents=True, exist_ok=True)
     from fundus_cli.report_plots import metric_bars, side_by_side_grids, stat_histograms
 
-    figures = [side_by_side_grids(real, synth, out / "grids.png"),
-               metric_bars(realism["overall"], out / "metrics.png"),
-               stat_histograms(stats["per_image"], out / "fundus-stats.png")]
+    figures = [side_by_side_grids(real, synth, out / "grids.png")]
+    if realism["overall"]["synthetic"]:  # empty when every metric was skipped for want of images
+        figures.append(metric_bars(realism["overall"], out / "metrics.png"))
+    figures.append(stat_histograms(stats["per_image"], out / "fundus-stats.png"))
+    if useful is not None:
+        figures.append(_learning_curve(useful, out / "learning-curve.png"))
     report = {
         "format": "fundus-cli evaluate report",
         "fundus_cli_version": __version__,
@@ -223,8 +261,26 @@ def _extractor(cfg: EvaluateConfig, train: _Set | None, recipe: Recipe,
                      "that scores like it may still be told apart from real data")
         return clf, {"name": clf.name, "fingerprint": clf.fingerprint, "dim": clf.dim, **clf.definition,
                      "class_names": list(train.class_names), "weights_sha256": clf.weights_sha256}
+    if cfg.features == "fundus":
+        from fundus_cli.metrics.fundus_features import FundusFeatures
+
+        fun = FundusFeatures()
+        return fun, {"name": fun.name, "fingerprint": fun.fingerprint, "dim": fun.dim, "dimensions": list(fun.names),
+                     "standardised": "every dimension by the real holdout's mean and standard deviation"}
     rnd = RandomCNN()
     return rnd, {"name": rnd.name, "fingerprint": rnd.fingerprint, "dim": rnd.dim}
+
+
+def standardise(reference: np.ndarray, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Each array with every dimension shifted and scaled by the reference's mean and spread.
+
+    One linear map for all sets, so distances between sets keep their meaning; it puts the
+    fundus descriptor's dimensions (shares, log energies, grey levels) on one scale, as the
+    kernels of KID and the balls of PRDC assume."""
+    mean = reference.mean(0)
+    sd = reference.std(0)
+    sd = np.where(sd > 1e-12, sd, 1.0)  # a constant dimension stays constant, not nan
+    return [(a - mean) / sd for a in arrays]
 
 
 def _subset(n: int, size: int, seed: int) -> np.ndarray:
@@ -249,16 +305,28 @@ def _compare(metrics: dict, real: np.ndarray, other: np.ndarray, cfg: EvaluateCo
 
 def _realism(real: _Set, synth: _Set, train: _Set | None, feats: dict[str, np.ndarray], metrics: dict,
              cfg: EvaluateConfig, notes: list[str], mask: np.ndarray) -> dict[str, Any]:
-    def block(r_idx: np.ndarray, s_idx: np.ndarray, t_idx: np.ndarray | None) -> dict[str, Any]:
+    def block(r_idx: np.ndarray, s_idx: np.ndarray, t_idx: np.ndarray | None, where: str) -> dict[str, Any]:
         # The baseline sees as many training images as there are synthetic ones: every metric
         # here depends on the sample size, so only equal sizes compare.
         n = len(s_idx) if t_idx is None else min(len(s_idx), len(t_idx))
+        usable, skipped = {}, {}
+        for name, fn in metrics.items():
+            need = MIN_IMAGES.get(name, MIN_IMAGES_DEFAULT)
+            if min(n, len(r_idx)) < need:
+                skipped[name] = (f"needs {need} or more images on each side, got {len(r_idx)} real and {n} "
+                                 "compared")
+            else:
+                usable[name] = fn
+        res: dict[str, Any] = {"n_real": int(len(r_idx)), "n_compared": int(n)}
+        if skipped:
+            res["skipped_metrics"] = skipped
+            notes.append(f"{where}: {', '.join(skipped)} skipped ({next(iter(skipped.values()))})")
         s_sel = s_idx[_subset(len(s_idx), n, cfg.seed)]
-        res: dict[str, Any] = {"n_real": int(len(r_idx)), "n_compared": int(n),
-                               "synthetic": _compare(metrics, feats["real"][r_idx], feats["synthetic"][s_sel], cfg)}
+        res["synthetic"] = _compare(usable, feats["real"][r_idx], feats["synthetic"][s_sel], cfg) if usable else {}
         if t_idx is not None:
             t_sel = t_idx[_subset(len(t_idx), n, cfg.seed + 1)]
-            res["baseline_train"] = _compare(metrics, feats["real"][r_idx], feats["train"][t_sel], cfg)
+            res["baseline_train"] = (_compare(usable, feats["real"][r_idx], feats["train"][t_sel], cfg)
+                                     if usable else {})
             res["distinguishable"] = {
                 k: not cis_overlap((v["ci_low"], v["ci_high"]),
                                    (res["baseline_train"][k]["ci_low"], res["baseline_train"][k]["ci_high"]))
@@ -266,7 +334,7 @@ def _realism(real: _Set, synth: _Set, train: _Set | None, feats: dict[str, np.nd
         return res
 
     out: dict[str, Any] = {"overall": block(np.arange(len(real.images)), np.arange(len(synth.images)),
-                                            None if train is None else np.arange(len(train.images)))}
+                                            None if train is None else np.arange(len(train.images)), "all images")}
     small = [k for k, v in out["overall"].get("distinguishable", {}).items() if not v]
     if small:
         notes.append(f"sample sizes too small to tell the generator from real data with {', '.join(small)} "
@@ -282,7 +350,7 @@ def _realism(real: _Set, synth: _Set, train: _Set | None, feats: dict[str, np.nd
             if min(len(r_idx), len(s_idx), *([len(t_idx)] if t_idx is not None else [])) < MIN_PER_CLASS:
                 per_class[name] = {"skipped": f"fewer than {MIN_PER_CLASS} images of this class on one side"}
                 continue
-            per_class[name] = block(r_idx, s_idx, t_idx)
+            per_class[name] = block(r_idx, s_idx, t_idx, f"class {name}")
     out["per_class"] = per_class
     return out
 
@@ -297,11 +365,27 @@ def _fundus_statistics(real: _Set, synth: _Set, train: _Set | None, mask: np.nda
     return {"per_image": per, "distances": dist}
 
 
-def _usefulness_summary(u: dict[str, Any]) -> dict[str, float]:
-    def v(s: str, m: str) -> float:
-        return float(u[s][m]["value"]) if s in u else float("nan")
+def _learning_curve(useful: dict[str, Any], path: Path) -> Path:
+    """Balanced accuracy against the share of real images, without and with the synthetic ones."""
+    from fundus_cli.report_plots import _plt, _save
+    from fundus_cli.metrics.usefulness import scenario_name
 
-    return {"tstr_over_trtr_balanced_accuracy": v("synthetic", "balanced_accuracy") / v("real", "balanced_accuracy"),
-            "augmentation_gain_balanced_accuracy": v("real+synthetic", "balanced_accuracy") - v("real", "balanced_accuracy"),
-            "augmentation_gain_25pct_balanced_accuracy": v("real25+synthetic", "balanced_accuracy")
-            - v("real25", "balanced_accuracy")}
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    fractions = sorted(useful["fractions"] + ([1.0] if 1.0 not in useful["fractions"] else []))
+    sc = useful["scenarios"]
+    for with_synth, colour, label in ((False, "tab:blue", "real only"), (True, "tab:orange", "real + synthetic")):
+        rows = [sc[scenario_name(f, with_synth)]["balanced_accuracy"] for f in fractions]
+        ax.errorbar([100 * f for f in fractions], [r["value"] for r in rows],
+                    yerr=[[r["value"] - r["ci_low"] for r in rows], [r["ci_high"] - r["value"] for r in rows]],
+                    marker="o", capsize=3, color=colour, label=label)
+    if "synthetic" in sc:
+        ax.axhline(sc["synthetic"]["balanced_accuracy"]["value"], color="tab:green", ls="--", label="synthetic only")
+    ax.axhline(useful["summary"]["chance_balanced_accuracy"], color="grey", ls=":", label="chance")
+    ax.set_xlabel("share of the real training images (%)")
+    ax.set_ylabel("balanced accuracy on the real holdout")
+    ax.set_title(f"learning curve ({useful['seeds']} seeds, 95 % CI over test images)", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

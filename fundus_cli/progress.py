@@ -46,3 +46,20 @@ def track(description: str, total: int | None, *, unit: str = "img") -> Iterator
             bar.update(task, advance=n, **({"info": info} if fields else {}))
 
         yield advance
+
+
+_lines = False
+
+
+def set_lines(flag: bool) -> None:
+    """Plain progress lines on stderr for long stages, also when stderr is not a terminal (logs, jobs)."""
+    global _lines
+    _lines = flag
+
+
+def line(text: str) -> None:
+    """One progress line on stderr when the CLI switched lines on (`set_lines`)."""
+    if _lines:
+        import sys
+
+        print(text, file=sys.stderr, flush=True)

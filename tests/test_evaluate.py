@@ -94,3 +94,61 @@ def test_errors_and_cli(data60: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.stderr
     assert res.stdout.strip() == str(tmp_path / "cli" / "report.json")
     assert "told apart?" in res.stderr
+
+
+def _subset_dataset(src: Path, out: Path, keep: np.ndarray, split: str = "holdout") -> Path:
+    with h5.open_dataset(src) as r:
+        names = r.info.class_names
+        with h5.DatasetWriter(out, image_size=64, split=split, kind="real", class_names=names) as w:
+            for i in keep:
+                w.append(r.record(int(i)))
+    return out
+
+
+def test_few_holdout_images_skip_prdc_with_a_note_instead_of_stopping(data60: Path, tmp_path: Path) -> None:
+    # Issue 12 item 14: PRDC's half-sample intervals need 6 images per half (k = 5); with 11 real
+    # images (in all, and in the one class) evaluate used to stop. It now skips PRDC there, says so,
+    # and reports the other metrics.
+    with h5.open_dataset(data60 / "train.h5") as r:
+        labels, names = r.labels(), r.info.class_names
+    big = int(np.bincount(labels).argmax())
+    real = _subset_dataset(data60 / "train.h5", tmp_path / "few.h5", np.flatnonzero(labels == big)[:11])
+    fake = _fake_from_train(data60, tmp_path / "fake.h5", _blur)
+    r = evaluate(EvaluateConfig(real=real, synthetic=fake, train=data60 / "train.h5", out=tmp_path / "rep",
+                                n_boot=10, usefulness=False))
+    for block in (r.realism["overall"], r.realism["per_class"][names[big]]):
+        assert block["n_real"] == 11
+        assert {"fid", "kid"} <= set(block["synthetic"]) and "precision" not in block["synthetic"]
+        assert set(block["distinguishable"]) == {"fid", "kid"}
+        assert "6 or more" not in block["skipped_metrics"]["prdc"] and "12 or more" in block["skipped_metrics"]["prdc"]
+    assert sum("prdc skipped" in n for n in r.notes) == 2
+    report = json.loads(r.report.read_text())
+    assert "prdc" in report["realism"]["overall"]["skipped_metrics"]
+
+
+def test_usefulness_on_shuffled_labels_withholds_the_ratio_and_gains(data60: Path, tmp_path: Path) -> None:
+    # Issue 16 item 2: training labels shuffled, so nothing can be learnt from them; the headline
+    # ratio and gains would be noise over a classifier at chance, so they are withheld, with the reason.
+    with h5.open_dataset(data60 / "train.h5") as r:
+        names = r.info.class_names
+        perm = np.random.default_rng(0).permutation(len(r))
+        labels = r.labels()[perm]
+        with h5.DatasetWriter(tmp_path / "shuffled.h5", image_size=64, split="train", kind="real",
+                              class_names=names) as w:
+            for i in range(len(r)):
+                rec = r.record(i)
+                rec.label = int(labels[i])
+                w.append(rec)
+    fake = _fake_from_train(data60, tmp_path / "copy.h5", lambda im: im)
+    r = evaluate(EvaluateConfig(real=data60 / "holdout.h5", synthetic=fake, train=tmp_path / "shuffled.h5",
+                                out=tmp_path / "rep", n_boot=10, usefulness_steps=40, metrics="kid"))
+    u = r.usefulness
+    assert u is not None
+    real_ba = u["scenarios"]["real"]["balanced_accuracy"]
+    assert real_ba["ci_low"] <= 1 / len(names)
+    assert u["summary"]["tstr_over_trtr_balanced_accuracy"] is None
+    assert u["summary"]["augmentation_gain_balanced_accuracy"] is None
+    assert "cannot be judged" in u["withheld_reason"]
+    report = json.loads(r.report.read_text())
+    assert report["usefulness"]["withheld_reason"] == u["withheld_reason"]
+    assert any("usefulness cannot be judged" in n for n in report["notes"])

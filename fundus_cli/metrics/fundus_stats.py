@@ -30,6 +30,8 @@ controls: `python benchmarks/vessels.py`.
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 import scipy.ndimage
@@ -94,13 +96,15 @@ def fundus_stats(images: np.ndarray, masks: np.ndarray, *, bins: int = HIST_BINS
     return out
 
 
-def vessel_map(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def vessel_map(image: np.ndarray, mask: np.ndarray,
+               strength: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Bool (S, S): pixels of one RGB image that the line detector calls vessel.
 
     Only the eroded field of view counts (see _inner): rim pixels are partly black after
-    resizing and would read as a dark ring of vessel.
+    resizing and would read as a dark ring of vessel. `strength`: line_strength(image, mask)
+    when the caller has it already.
     """
-    strength, inner = line_strength(image, mask)
+    strength, inner = strength if strength is not None else line_strength(image, mask)
     found = ((strength > VESSEL_LINE_CONTRAST) & inner).astype(np.uint8)
     _, labels, stats, _ = cv2.connectedComponentsWithStats(found, connectivity=8)
     extent = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
@@ -182,5 +186,13 @@ def _fill_outside(channel: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Outside pixels take the value of the nearest FOV pixel, so the rim is not an edge."""
     if mask.all():
         return channel
-    _, (iy, ix) = scipy.ndimage.distance_transform_edt(~mask, return_indices=True)
+    iy, ix = _nearest_inside(np.packbits(mask).tobytes(), mask.shape)
     return channel[iy, ix]
+
+
+@functools.lru_cache(maxsize=4)
+def _nearest_inside(packed: bytes, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    # evaluate passes one mask for every image: one distance transform serves them all.
+    mask = np.unpackbits(np.frombuffer(packed, np.uint8), count=shape[0] * shape[1]).reshape(shape).astype(bool)
+    _, (iy, ix) = scipy.ndimage.distance_transform_edt(~mask, return_indices=True)
+    return iy, ix

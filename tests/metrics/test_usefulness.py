@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from fundus_cli.metrics.usefulness import (Recipe, auc_binary, classification_metrics, stratified_subset,
+from fundus_cli.metrics.usefulness import (Recipe, auc_binary, classification_metrics, stratified_subset, summarise,
                                            usefulness)
 
 FAST = Recipe(epochs=1, min_steps=40, batch=16, width=8, size=32)
@@ -48,10 +49,87 @@ def test_learnable_task_is_learned_and_shuffled_synthetic_does_not_help() -> Non
     test_y = np.repeat([0, 1], 20)
     good = np.concatenate([_discs(24, 0, rng), _discs(24, 1, rng)])
     res = usefulness(real, real_y, test, test_y, good, real_y.copy(), n_classes=2, seed=0, recipe=FAST,
-                     scenarios=("real", "synthetic"))
+                     seeds=1, fractions=(1.0,), n_boot=100)["scenarios"]
     assert res["real"]["accuracy"]["value"] >= 0.9 and res["synthetic"]["macro_auc"]["value"] >= 0.9
     lo, hi = res["real"]["accuracy"]["ci_low"], res["real"]["accuracy"]["ci_high"]
     assert lo <= res["real"]["accuracy"]["value"] <= hi
     bad = usefulness(real, real_y, test, test_y, good, rng.permutation(real_y), n_classes=2, seed=0,
-                     recipe=FAST, scenarios=("synthetic",))
+                     recipe=FAST, seeds=1, fractions=(1.0,), n_boot=100)["scenarios"]
     assert bad["synthetic"]["macro_auc"]["value"] < 0.8
+
+
+def _faint(n: int, label: int, rng: np.random.Generator) -> np.ndarray:
+    """A task that needs more than a dozen examples: class 1 has a faint blob anywhere in a noisy disc."""
+    yy, xx = np.mgrid[:32, :32]
+    disc = (yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 14**2
+    out = np.zeros((n, 32, 32, 3), np.uint8)
+    for i in range(n):
+        img = np.zeros((32, 32, 3), float)
+        img[disc] = [150, 70, 35]
+        img += rng.normal(0, 25, img.shape)
+        if label == 1:
+            cy, cx = rng.integers(8, 24, 2)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < 12] += [45, 45, 25]
+        out[i] = np.clip(img * disc[..., None], 0, 255)
+    return out
+
+
+def test_paired_gain_real_images_help_at_25_percent_and_shuffled_labels_do_not() -> None:
+    # Issue 11 item 3: a 'generator' returning more real images with their labels must show a
+    # significant paired gain when added to 25 % of the real images; with shuffled labels the
+    # same images must show none (or a loss).
+    rng = np.random.default_rng(3)
+    n = 40
+    real, real_y = np.concatenate([_faint(n, 0, rng), _faint(n, 1, rng)]), np.repeat([0, 1], n)
+    test, test_y = np.concatenate([_faint(50, 0, rng), _faint(50, 1, rng)]), np.repeat([0, 1], 50)
+    extra, extra_y = np.concatenate([_faint(n, 0, rng), _faint(n, 1, rng)]), np.repeat([0, 1], n)
+    # Without augmentation: this checks the paired-gain machinery on a task that 20 images do not
+    # teach (balanced accuracy ~0.66) and 100 do (~0.99); the augmented recipe is tested above.
+    recipe = Recipe(epochs=1, min_steps=120, batch=16, width=8, size=32, augment=False)
+    kw = dict(n_classes=2, seed=0, recipe=recipe, seeds=2, fractions=(0.25,), tstr=False, n_boot=200)
+    good = usefulness(real, real_y, test, test_y, extra, extra_y, **kw)
+    gain = good["gains"]["real25"]
+    assert gain["verdict"] == "gain" and gain["ci_low"] > 0, gain
+    assert set(good["gains"]) == {"real25", "real"} and gain["seeds"] == 2
+    shuffled = usefulness(real, real_y, test, test_y, extra, rng.permutation(extra_y), **kw)
+    assert shuffled["gains"]["real25"]["verdict"] != "gain", shuffled["gains"]["real25"]
+    assert shuffled["gains"]["real25"]["value"] < gain["value"]
+    # Label fidelity: the real-trained classifiers agree with the true labels of the extra images
+    # about as often as they recall each class on the holdout; shuffled labels halve that.
+    fid = {r["class_index"]: r for r in good["label_fidelity"]}
+    assert abs(fid[1]["synthetic_agreement"] - fid[1]["holdout_recall"]) < 0.25
+    assert np.mean([r["synthetic_agreement"] for r in shuffled["label_fidelity"]]) < \
+        np.mean([r["synthetic_agreement"] for r in good["label_fidelity"]])
+
+
+def _scenarios(real: tuple[float, float, float], others: dict[str, float]) -> dict[str, dict]:
+    def ba(v: float, lo: float, hi: float) -> dict:
+        return {"balanced_accuracy": {"value": v, "ci_low": lo, "ci_high": hi}}
+
+    out = {"real": ba(*real)}
+    out.update({k: ba(v, v - 0.1, v + 0.1) for k, v in others.items()})
+    gains = {"real": {"value": others["real+synthetic"] - real[0], "ci_low": -0.2, "ci_high": 0.1, "seeds": 3,
+                      "verdict": "no significant change"},
+             "real25": {"value": others["real25+synthetic"] - others["real25"], "ci_low": 0.02, "ci_high": 0.2,
+                        "seeds": 3, "verdict": "gain"}}
+    return {"scenarios": out, "gains": gains}
+
+
+def test_summary_withholds_ratio_and_gains_when_the_real_baseline_is_at_chance() -> None:
+    others = {"synthetic": 0.44, "real+synthetic": 0.52, "real25": 0.30, "real25+synthetic": 0.40}
+    # 3 classes: chance 1/3; the real-trained classifier's CI reaches below it (issue 16, item 2)
+    s = summarise(_scenarios((0.317, 0.22, 0.41), others), 3)
+    assert s["tstr_over_trtr_balanced_accuracy"] is None and s["augmentation_gain_balanced_accuracy"] is None
+    assert s["augmentation_gain_25pct_balanced_accuracy"] is None and s["gains"] is None
+    assert "includes chance (0.333 with 3 classes)" in s["withheld_reason"]
+    assert "cannot learn this task" in s["withheld_reason"]
+    # The same numbers with a baseline clear of chance are reported.
+    s = summarise(_scenarios((0.60, 0.50, 0.70), others), 3)
+    assert s["withheld_reason"] is None
+    assert s["tstr_over_trtr_balanced_accuracy"] == pytest.approx(0.44 / 0.60)
+    assert s["augmentation_gain_balanced_accuracy"] == pytest.approx(-0.08)
+    assert s["augmentation_gain_25pct_balanced_accuracy"] == pytest.approx(0.10)
+    assert "25 % of the real images changes balanced accuracy by +0.100" in s["headline"]
+    assert s["headline"].endswith("gain")
+    # Two classes: chance is 0.5, and an interval that touches it counts as including it.
+    assert summarise(_scenarios((0.58, 0.50, 0.66), others), 2)["withheld_reason"] is not None
