@@ -48,6 +48,7 @@ from fundus_cli.models.layers import (
     config_from_dict,
     config_to_dict,
     fov_mask_buffer,
+    mirror_by_latent,
     resolve_channel_mults,
 )
 
@@ -151,16 +152,8 @@ class Generator(nn.Module):
         for block in self.blocks:
             h = block(h, y)
         x = torch.tanh(self.conv_out(F.relu(self.norm_out(h))))
-        return _orient(apply_fov_mask(x, self.fov_mask), z, self.config.orient and not self.training)
-
-
-def _orient(x: Tensor, z: Tensor, mirror_half: bool) -> Tensor:
-    """Left eyes back: mirror the samples whose first latent is negative (half of them, a
-    function of z alone, so a seed always gives the same eye). The field-of-view mask is
-    symmetric, so the mirrored image keeps a black surround."""
-    if not mirror_half:
-        return x
-    return torch.where((z[:, 0] < 0)[:, None, None, None], x.flip(3), x)
+        x = apply_fov_mask(x, self.fov_mask)
+        return mirror_by_latent(x, z) if self.config.orient and not self.training else x
 
 
 # ------------------------------------------------------------------------- discriminator

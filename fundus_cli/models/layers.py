@@ -161,3 +161,10 @@ def set_fov_mask(model: nn.Module, mask: Tensor) -> None:
             )
         # copy_ keeps the buffer's device, dtype and memory format
         buffer.copy_(mask)
+
+
+def mirror_by_latent(x: Tensor, z: Tensor) -> Tensor:
+    """Left eyes back for a model trained with every optic disc on the right: mirror the images
+    whose first latent is negative (half of them, a function of z alone, so a seed always gives
+    the same eye). The field-of-view mask is symmetric, so mirrored images keep a black surround."""
+    return torch.where((z[:, 0] < 0)[:, None, None, None], x.flip(3), x)

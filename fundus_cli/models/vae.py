@@ -32,6 +32,7 @@ from fundus_cli.models.layers import (
     config_from_dict,
     config_to_dict,
     fov_mask_buffer,
+    mirror_by_latent,
     resolve_channel_mults,
 )
 
@@ -149,7 +150,7 @@ class VAE(nn.Module):
         left eyes to a model trained on photographs turned to one side."""
         x = self._decode(z, y)
         if self.config.orient and not self.training:
-            x = torch.where((z[:, 0] < 0)[:, None, None, None], x.flip(3), x)
+            x = mirror_by_latent(x, z)
         return x
 
     def _decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:

@@ -164,7 +164,7 @@ def resolve(cfg: TrainConfig, *, stored_size: int, n_images: int, n_classes: int
     if n_images < world:
         raise FundusError(f"{cfg.data} holds {n_images} images, fewer than the {world} processes; ingest more "
                           "images.")
-    batch = cfg.batch or gp.get("batch", p["batch"])
+    batch = cfg.batch or _default_batch(cfg)
     if cfg.batch is None:
         # the preset's batch is a default, not a request: a small dataset gets a smaller batch
         # (`train` logs it); only an explicit --batch that cannot work is refused
