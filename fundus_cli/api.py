@@ -6,21 +6,47 @@ Everything here raises `FundusError` for problems the user can fix and never pri
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from fundus_cli.data.ingest import IngestConfig, IngestResult
 from fundus_cli.errors import FundusError
-from fundus_cli.evaluate import EvaluateConfig, EvaluateResult
-from fundus_cli.sampling import SampleConfig, SampleResult
-from fundus_cli.training.loop import TrainConfig, TrainResult
 
-__all__ = ["audit_privacy", "EvaluateConfig", "EvaluateResult", "evaluate", "IngestConfig", "IngestResult", "SampleConfig", "SampleResult", "TrainConfig", "TrainResult", "describe",
-           "ingest", "phantoms", "sample", "train", "train_plan", "report", "demo"]
+if TYPE_CHECKING:
+    import numpy as np
+
+    from fundus_cli.audit import AuditConfig, AuditResult
+    from fundus_cli.data.ingest import IngestConfig, IngestResult
+    from fundus_cli.data.phantoms import PhantomResult
+    from fundus_cli.demo import DemoConfig, DemoResult
+    from fundus_cli.evaluate import EvaluateConfig, EvaluateResult
+    from fundus_cli.report_html import ReportResult
+    from fundus_cli.sampling import SampleConfig, SampleResult
+    from fundus_cli.training.loop import TrainConfig, TrainResult
+
+__all__ = ["AuditConfig", "AuditResult", "audit_privacy", "DemoConfig", "DemoResult", "EvaluateConfig",
+           "EvaluateResult", "evaluate", "IngestConfig", "IngestResult", "SampleConfig", "SampleResult", "TrainConfig",
+           "TrainResult", "describe", "ingest", "phantoms", "sample", "train", "train_plan", "report", "demo"]
+
+# Config and result classes by the module that defines them. They are reached through this
+# module's __getattr__ so that `import fundus_cli.api` (and `fundus --help`) stays free of torch,
+# h5py and scipy, which the defining modules import at their top.
+_LAZY = {
+    "AuditConfig": "fundus_cli.audit", "AuditResult": "fundus_cli.audit",
+    "DemoConfig": "fundus_cli.demo", "DemoResult": "fundus_cli.demo",
+    "EvaluateConfig": "fundus_cli.evaluate", "EvaluateResult": "fundus_cli.evaluate",
+    "IngestConfig": "fundus_cli.data.ingest", "IngestResult": "fundus_cli.data.ingest",
+    "SampleConfig": "fundus_cli.sampling", "SampleResult": "fundus_cli.sampling",
+    "TrainConfig": "fundus_cli.training.loop", "TrainResult": "fundus_cli.training.loop",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def ingest(config: IngestConfig) -> IngestResult:
@@ -67,28 +93,28 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     return run(config)
 
 
-def audit_privacy(config: Any) -> Any:
+def audit_privacy(config: AuditConfig) -> AuditResult:
     """Nearest-neighbour memorization audit of synthetic images against the training set (AUDIT.md)."""
     from fundus_cli.audit import audit_privacy as run
 
     return run(config)
 
 
-def report(source: Path, *, out: Path | None = None) -> Any:
+def report(source: Path, *, out: Path | None = None) -> ReportResult:
     """One self-contained HTML page (`report.html`) for a project, demo, run or report folder."""
     from fundus_cli.report_html import write_report
 
     return write_report(source, out=out)
 
 
-def demo(config: Any, *, log: Callable[[str], None] = lambda s: None) -> Any:
+def demo(config: DemoConfig, *, log: Callable[[str], None] = lambda s: None) -> DemoResult:
     """The whole pipeline on built-in phantoms in one folder, ending in its report.html (`fundus demo`)."""
     from fundus_cli.demo import run_demo
 
     return run_demo(config, log=log)
 
 
-def phantoms(out_dir: Path, *, n: int = 200, seed: int = 0, overwrite: bool = False) -> Any:
+def phantoms(out_dir: Path, *, n: int = 200, seed: int = 0, overwrite: bool = False) -> PhantomResult:
     """Write `n` synthetic fundus-like photographs and `labels.csv`: the built-in demo and test data."""
     from fundus_cli.data.phantoms import write_phantoms
     from fundus_cli.progress import track
@@ -138,6 +164,8 @@ def _describe_checkpoint(path: Path) -> dict[str, Any]:
 
 def _conflicting_label_groups(groups: np.ndarray, labels: np.ndarray) -> int:
     """Duplicate groups whose copies carry two or more different known labels."""
+    import numpy as np
+
     known = labels >= 0
     pairs = np.unique(np.stack([groups[known], labels[known]]), axis=1) if known.any() else np.zeros((2, 0))
     _, per_group = np.unique(pairs[0], return_counts=True) if pairs.size else (None, np.array([]))
@@ -145,6 +173,8 @@ def _conflicting_label_groups(groups: np.ndarray, labels: np.ndarray) -> int:
 
 
 def _describe_dataset(path: Path, *, verify: bool) -> dict[str, Any]:
+    import numpy as np
+
     from fundus_cli.data import h5
 
     with h5.open_dataset(path) as r:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fundus_cli import __version__, api, progress
+from fundus_cli import api, progress
 from fundus_cli.errors import EXIT_INTERNAL, FundusError, from_os_error
 from fundus_cli.training_length import shortfall
 
@@ -126,6 +126,8 @@ _state: dict[str, Any] = {"debug": False, "quiet": False}
 
 def _version(value: bool) -> None:
     if value:
+        from fundus_cli import __version__
+
         typer.echo(f"fundus-cli {__version__}")
         raise typer.Exit()
 
@@ -467,12 +469,10 @@ def audit_cmd(
 
     Example: fundus audit-privacy --synthetic data/synthetic.h5
     """
-    from fundus_cli.audit import AuditConfig
-
     overrides = {k: v for k, v in {"encoder_steps": encoder_steps, "alpha": alpha, "ratio": ratio, "z_fail": z_fail,
                                    "membership_ci_fail": membership_ci_fail, "warn_p": warn_p}.items() if v is not None}
-    cfg = AuditConfig(train=train, holdout=holdout, synthetic=synthetic, out=out, embeddings=embeddings, size=size,
-                      seed=seed, accept_no_holdout=accept_no_holdout, device=device, force=force, **overrides)
+    cfg = api.AuditConfig(train=train, holdout=holdout, synthetic=synthetic, out=out, embeddings=embeddings, size=size,
+                          seed=seed, accept_no_holdout=accept_no_holdout, device=device, force=force, **overrides)
     r = api.audit_privacy(cfg)
     if not _state["quiet"]:
         _notes(r.notes)
@@ -579,14 +579,12 @@ def demo_cmd(
 
     Example: fundus demo demo --n-photos 200 && open demo/report.html
     """
-    from fundus_cli.demo import DemoConfig
-
     def log(line: str) -> None:
         if not _state["quiet"]:
             err.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    r = api.demo(DemoConfig(out=out_dir, n_photos=n_photos, size=size, quick=quick, seed=seed, device=device,
-                            force=force), log=log)
+    r = api.demo(api.DemoConfig(out=out_dir, n_photos=n_photos, size=size, quick=quick, seed=seed, device=device,
+                                force=force), log=log)
     _say(f"demo finished in {r.seconds / 60:.1f} min; wrote {r.summary}")
     for arch, verdict in r.verdicts.items():
         _say(f"privacy audit of the {arch.upper()} samples: {verdict}")
