@@ -15,6 +15,7 @@ from fundus_cli.models.gan import (
     d_nonsaturating_loss,
     g_hinge_loss,
     g_nonsaturating_loss,
+    high_pass,
     r1_penalty,
 )
 
@@ -228,3 +229,47 @@ def test_orient_mirrors_half_the_samples_in_eval_mode_only() -> None:
     assert 10 < int(flipped.sum()) < 54
     assert torch.equal(b[flipped], a[flipped].flip(3))
     assert torch.equal(b[~flipped], a[~flipped])
+
+
+def test_high_pass_keeps_thin_lines_and_drops_colour_and_shading() -> None:
+    size = 64
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    shading = 0.3 + 0.4 * xx / size  # slow left-right gradient, like uneven illumination
+    image = torch.stack([shading, 0.5 * shading, 0.2 * shading])[None].clone()
+    vessel = (xx == 30) & (yy > 10) & (yy < 50)
+    image[:, :, vessel] -= 0.2  # a one-pixel dark line in every channel
+    hp = high_pass(image, size)
+    inside = (slice(None), slice(None), slice(12, 48))
+    # the line stands out: strongly negative on it, near zero a few pixels away
+    assert hp[0, :, vessel].mean() < -0.12
+    assert hp[inside][..., 40:50].abs().max() < 0.01  # shading and colour are gone
+    assert high_pass(torch.full((1, 3, size, size), 0.7), size).abs().max() < 1e-5
+
+
+def test_detail_discriminator_sees_the_high_pass_channels() -> None:
+    torch.manual_seed(0)
+    gan = build_model("gan", {"image_size": 32, "detail": 4.0, **TINY})
+    first = gan.discriminator.features[0]
+    assert first.in_channels == 6  # RGB plus its high-pass copy
+    x = torch.rand(2, 3, 32, 32)
+    # a change that only the high-pass copy amplifies still reaches the logit
+    assert gan.discriminator(x).shape == (2,)
+    with pytest.raises(FundusError, match="detail"):
+        GANConfig(detail=-1.0)
+
+
+def test_bilinear_generator_has_no_nearest_neighbour_blocks() -> None:
+    torch.manual_seed(0)
+    nearest = build_model("gan", {"image_size": 32, **TINY})
+    smooth = build_model("gan", {"image_size": 32, "upsample": "bilinear", **TINY})
+    smooth.load_state_dict(nearest.state_dict())  # same weights, only the upsampling differs
+    block = nearest.generator.blocks[0]
+    h = torch.randn(1, block.conv1.in_channels, 4, 4)
+    # the skip path alone: nearest repeats each value in a 2x2 block, bilinear interpolates
+    up_n = block._up(h)
+    up_b = smooth.generator.blocks[0]._up(h)
+    assert torch.equal(up_n[..., 0::2, 0::2], up_n[..., 1::2, 1::2])
+    assert not torch.allclose(up_b[..., 0::2, 0::2], up_b[..., 1::2, 1::2])
+    assert smooth.generator(torch.randn(2, 16)).shape == (2, 3, 32, 32)
+    with pytest.raises(FundusError, match="upsample"):
+        GANConfig(upsample="bicubic")
