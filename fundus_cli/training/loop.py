@@ -125,12 +125,17 @@ def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
 
 
+# Settings added after runs were saved, with the behaviour those runs had: a resumed run keeps
+# training the networks its checkpoint holds (the VAE's discriminator input depends on detail).
+ADDED_SETTINGS: dict[str, Any] = {"upsample": "nearest", "detail": 0.0}
+
+
 def config_from_json(d: dict[str, Any]) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(d) - known
     if unknown:
         raise FundusError(f"unknown training settings {sorted(unknown)} in a checkpoint or config file")
-    values = dict(d)
+    values = {**ADDED_SETTINGS, **d}
     for key in ("data", "out"):
         if values.get(key) is not None:
             values[key] = Path(values[key])
@@ -260,7 +265,9 @@ def hyperparameters(cfg: TrainConfig) -> dict[str, Any]:
     return {"lr": cfg.lr, "lr_d": cfg.lr_d, "beta": cfg.beta, "kl_warmup": cfg.kl_warmup, "recon": cfg.recon,
             "ssim_weight": cfg.ssim_weight, "gan_loss": cfg.gan_loss, "r1_gamma": cfg.r1_gamma,
             "r1_every": cfg.r1_every, "diffaugment": cfg.diffaugment, "ema_decay": cfg.ema_decay,
-            "ada_target": cfg.ada_target, "adv_weight": cfg.adv_weight}
+            "ada_target": cfg.ada_target, "adv_weight": cfg.adv_weight,
+            # the VAE's discriminator is not part of its model config; the GAN's detail is
+            **({"detail": float(cfg.detail)} if cfg.arch == "vae" else {})}
 
 
 def _default_batch(cfg: TrainConfig) -> int:
