@@ -98,7 +98,7 @@ class TrainConfig:
     discriminator: str = "strided"  # strided (learns detail fast) | resnet
     patch_head: bool = False  # discriminator also judges 10x10-pixel neighbourhoods
     upsample: str = "bilinear"  # generator upsampling: bilinear | nearest (blocky on short runs)
-    detail: float = 2.0  # discriminator also sees the image's high-pass copy times this (0 = off)
+    detail: float = 2.0  # GAN: discriminator also sees the image's high-pass copy times this (0 = off)
     ada_target: float = 0.0  # adaptive augmentation: target E[sign D(real)] (0 = fixed policy)
     lr_d: float | None = None  # discriminator learning rate (default: lr)
     r1_gamma: float = 0.1  # R1 penalty weight on reals (0 = off)
@@ -125,8 +125,8 @@ def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
 
 
-# Settings added after runs were saved, with the behaviour those runs had: a resumed run keeps
-# training the networks its checkpoint holds (the VAE's discriminator input depends on detail).
+# Settings added after runs were saved, with the behaviour those runs had, so that a resumed
+# run's config.json says what its networks do.
 ADDED_SETTINGS: dict[str, Any] = {"upsample": "nearest", "detail": 0.0}
 
 
@@ -265,9 +265,7 @@ def hyperparameters(cfg: TrainConfig) -> dict[str, Any]:
     return {"lr": cfg.lr, "lr_d": cfg.lr_d, "beta": cfg.beta, "kl_warmup": cfg.kl_warmup, "recon": cfg.recon,
             "ssim_weight": cfg.ssim_weight, "gan_loss": cfg.gan_loss, "r1_gamma": cfg.r1_gamma,
             "r1_every": cfg.r1_every, "diffaugment": cfg.diffaugment, "ema_decay": cfg.ema_decay,
-            "ada_target": cfg.ada_target, "adv_weight": cfg.adv_weight,
-            # the VAE's discriminator is not part of its model config; the GAN's detail is
-            **({"detail": float(cfg.detail)} if cfg.arch == "vae" else {})}
+            "ada_target": cfg.ada_target, "adv_weight": cfg.adv_weight}
 
 
 def _default_batch(cfg: TrainConfig) -> int:

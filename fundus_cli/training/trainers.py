@@ -92,8 +92,7 @@ class VAETrainer:
             mc = self.model.config
             self.D = build_model("gan", {"image_size": mc.image_size, "width": mc.width,
                                          "latent_dim": mc.latent_dim, "num_classes": mc.num_classes,
-                                         "patch_head": True, "detail": float(hp.get("detail", 0.0))}
-                                 ).discriminator.to(device)
+                                         "patch_head": True}).discriminator.to(device)
             if channels_last:
                 self.D = self.D.to(memory_format=torch.channels_last)
             self.D_net = _wrap(self.D, ddp, device)

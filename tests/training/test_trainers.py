@@ -94,16 +94,12 @@ def test_bf16_autocast_and_channels_last_paths_run_on_cpu() -> None:
         assert sample.dtype == torch.float32 and sample.shape == (2, 3, 32, 32)
 
 
-def test_vae_discriminator_sees_the_high_pass_copy_when_asked_and_old_runs_resume_without_it() -> None:
-    from fundus_cli.training.loop import TrainConfig, config_from_json, hyperparameters
 
-    with_detail = VAETrainer(MODEL, {**VAE_HP, "detail": 2.0}, device=torch.device("cpu"), fov_mask=None)
-    assert with_detail.D is not None and with_detail.D.features[0].in_channels == 6
-    without = VAETrainer(MODEL, VAE_HP, device=torch.device("cpu"), fov_mask=None)  # hp of an older run
-    assert without.D is not None and without.D.features[0].in_channels == 3
-    # a run saved before these settings existed resumes with the networks its checkpoint holds
-    old = config_from_json({"arch": "vae"})
+def test_runs_saved_before_upsample_and_detail_existed_keep_their_behaviour() -> None:
+    from fundus_cli.training.loop import TrainConfig, config_from_json, model_config
+
+    old = config_from_json({"arch": "gan"})
     assert (old.detail, old.upsample) == (0.0, "nearest")
-    assert hyperparameters(old)["detail"] == 0.0
-    assert hyperparameters(TrainConfig(arch="vae"))["detail"] == TrainConfig().detail > 0
-    assert "detail" not in hyperparameters(TrainConfig(arch="gan"))  # the GAN's is in its model config
+    assert {"detail": 0.0, "upsample": "nearest"}.items() <= model_config(old, 2).items()
+    new = model_config(TrainConfig(arch="gan"), 2)
+    assert new["detail"] > 0 and new["upsample"] == "bilinear"
