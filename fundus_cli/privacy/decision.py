@@ -32,16 +32,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
 
 from fundus_cli.errors import FundusError
+from fundus_cli.privacy.per_class import ClassTest, holm
+from fundus_cli.privacy.power import max_rank_z, min_holdout_for_alpha
 from fundus_cli.privacy.stats import EmbeddingAudit
-
-if TYPE_CHECKING:
-    from fundus_cli.privacy.per_class import ClassTest
 
 EXIT_CODES = {"PASS": 0, "WARN": 0, "FAIL": 1, "INCONCLUSIVE": 3}
 MEMORIZATION_TESTS = ("exact", "binomial")
@@ -225,8 +224,6 @@ def _class_rules(classes: Sequence[ClassTest], th: Thresholds, fails: list[str],
     family: every class, embedding and test), so that testing many classes does not by itself
     produce a FAIL. A class too small for a test is listed, not failed: the set-level tests still
     cover its images, and the per-image copy test does not depend on classes."""
-    from fundus_cli.privacy.per_class import holm
-
     keys: list[tuple[str, str, str]] = []
     raw: list[float] = []
     for t in classes:
@@ -277,21 +274,6 @@ class Power:
     missing: tuple[str, ...]  # tests that could not, each with why and what would do
     min_holdout: int | None  # usable holdout images every test needs (None: enough already)
     min_synthetic: int | None  # synthetic images every test needs (None: enough already)
-
-
-def max_rank_z(m: int, n: int) -> float:
-    """The largest |z| a Mann-Whitney comparison of m against n values can reach (complete
-    separation): sqrt(3 m n / (m + n + 1))."""
-    return float(np.sqrt(3.0 * m * n / (m + n + 1))) if m and n else 0.0
-
-
-def min_holdout_for_alpha(alpha: float) -> int:
-    """Smallest |H| with floor(alpha (|H| + 1)) >= 1: the smallest conformal p-value 1 / (|H| + 1)
-    reaches alpha, and tau_alpha exists (the same rounding as stats.memorization_test)."""
-    n = 1
-    while int(np.floor(alpha * (n + 1) + 1e-9)) < 1:
-        n += 1
-    return n
 
 
 def _smallest(ok: Any, start: int = 1, limit: int = 10**7) -> int | None:

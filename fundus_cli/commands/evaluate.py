@@ -204,7 +204,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         notes.append(f"usefulness test skipped: {why}")
 
     out.mkdir(parents=True, exist_ok=True)
-    from fundus_cli.report_plots import metric_bars, side_by_side_grids, stat_histograms
+    from fundus_cli.metrics.figures import metric_bars, side_by_side_grids, stat_histograms
 
     figures = [side_by_side_grids(real, synth, out / "grids.png")]
     if realism["overall"]["synthetic"]:  # empty when every metric was skipped for want of images
@@ -367,10 +367,10 @@ def _fundus_statistics(real: _Set, synth: _Set, train: _Set | None, mask: np.nda
 
 def _learning_curve(useful: dict[str, Any], path: Path) -> Path:
     """Balanced accuracy against the share of real images, without and with the synthetic ones."""
-    from fundus_cli.report_plots import _plt, _save
+    from fundus_cli.plots import pyplot, save_figure
     from fundus_cli.metrics.usefulness import scenario_name
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 3.4))
     fractions = sorted(useful["fractions"] + ([1.0] if 1.0 not in useful["fractions"] else []))
     sc = useful["scenarios"]
@@ -388,4 +388,4 @@ def _learning_curve(useful: dict[str, Any], path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

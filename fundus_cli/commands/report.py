@@ -35,7 +35,7 @@ from fundus_cli.fsio import sha256_file, write_text_atomic
 from fundus_cli.training_length import shortfall
 
 EVALUATE_FORMAT = "fundus-cli evaluate report"
-AUDIT_FORMAT = "fundus-cli privacy audit report"  # fundus_cli.audit.REPORT_FORMAT (not imported: it pulls in torch)
+AUDIT_FORMAT = "fundus-cli privacy audit report"  # fundus_cli.commands.audit.REPORT_FORMAT (not imported: it pulls in torch)
 INGEST_FORMAT = "fundus-cli ingest report"
 VERDICTS = ("PASS", "WARN", "FAIL", "INCONCLUSIVE")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -354,7 +354,7 @@ def _grid_png(images: np.ndarray) -> str:
     """A row of images as one PNG."""
     import cv2
 
-    from fundus_cli.training.images import grid_image
+    from fundus_cli.images import grid_image
 
     pad = 2
     grid = grid_image(images, nrow=len(images), pad=pad)
@@ -925,7 +925,7 @@ def _runs_section(p: _Project) -> str:
 
 
 def _loss_from_metrics(metrics: Path, arch: str) -> str | None:
-    from fundus_cli.training.images import plot_losses
+    from fundus_cli.plots import plot_losses
 
     with tempfile.TemporaryDirectory() as tmp:
         png = plot_losses(metrics, Path(tmp) / "loss.png", title=f"{arch} training")

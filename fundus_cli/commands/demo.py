@@ -1,8 +1,8 @@
 """`fundus demo`: the whole pipeline on built-in phantom photographs, inside one folder.
 
 phantoms -> ingest -> train a conditional VAE and GAN (`--preset demo`) -> sample from each ->
-evaluate each -> audit each for privacy -> report.html. Each step calls the `api` function of
-one command, in this process, and first tells `log` the equivalent shell command, so that
+evaluate each -> audit each for privacy -> report.html. Each step calls the module of one
+command (`fundus_cli.commands.*`), in this process, and first tells `log` the equivalent shell command, so that
 any step can be rerun or changed by hand in the demo folder.
 
 Running it again continues: a step whose outputs exist and are newer than its inputs is
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fundus_cli import __version__, api
+from fundus_cli import __version__
 from fundus_cli.errors import FundusError
 from fundus_cli.fsio import write_json_atomic
 
@@ -145,7 +145,14 @@ def _check_folder(cfg: DemoConfig, settings: dict[str, Any]) -> None:
 
 
 def _steps(cfg: DemoConfig, s: dict[str, Any], log: Callable[[str], None], state: _State) -> list[_Step]:
-    from fundus_cli.audit import AuditConfig
+    # The other commands' modules, imported here (not at the top) so that `fundus demo --help`
+    # stays light, and called through their module so that a test can replace one.
+    from fundus_cli.commands import audit as audit_cmd
+    from fundus_cli.commands import evaluate as evaluate_cmd
+    from fundus_cli.commands import ingest as ingest_cmd
+    from fundus_cli.commands import phantoms as phantoms_cmd
+    from fundus_cli.commands import sample as sample_cmd
+    from fundus_cli.commands import train as train_cmd
 
     out = Path(cfg.out)
     seed = cfg.seed
@@ -153,11 +160,11 @@ def _steps(cfg: DemoConfig, s: dict[str, Any], log: Callable[[str], None], state
     train_h5, holdout_h5 = "data/train.h5", "data/holdout.h5"
     steps = [
         _Step("phantoms", ["phantoms", "raw", "--n", str(s["n_photos"]), "--seed", str(seed)], [], ["raw/labels.csv"],
-              lambda force: api.phantoms(out / "raw", n=s["n_photos"], seed=seed, overwrite=force)),
+              lambda force: phantoms_cmd.make_phantoms(out / "raw", n=s["n_photos"], seed=seed, overwrite=force)),
         _Step("ingest", ["ingest", "raw", "--size", str(s["size"]), "--seed", str(seed),
                          *([] if s["workers"] is None else ["--workers", str(s["workers"])])], ["raw/labels.csv"],
               [train_h5, holdout_h5, "data/ingest-report.json"],
-              lambda force: api.ingest(api.IngestConfig(raw=out / "raw", out=out / "data", size=s["size"], seed=seed,
+              lambda force: ingest_cmd.ingest(ingest_cmd.IngestConfig(raw=out / "raw", out=out / "data", size=s["size"], seed=seed,
                                                         workers=s["workers"] or 0, force=force))),
     ]
     extra: list[str] = []
@@ -167,7 +174,7 @@ def _steps(cfg: DemoConfig, s: dict[str, Any], log: Callable[[str], None], state
     for arch in ARCHS:
         def train(force: bool, arch: str = arch) -> Any:
             resume = not force and _training_left(out / "runs" / arch)
-            return api.train(api.TrainConfig(data=out / train_h5, arch=arch, out=out / "runs" / arch, preset="demo",
+            return train_cmd.train(train_cmd.TrainConfig(data=out / train_h5, arch=arch, out=out / "runs" / arch, preset="demo",
                                              size=s["size"], steps=s["steps"], batch=s["batch"], width=s["width"],
                                              seed=seed, device=cfg.device, conditional=True, resume=resume,
                                              force=force), log=log)
@@ -181,7 +188,7 @@ def _steps(cfg: DemoConfig, s: dict[str, Any], log: Callable[[str], None], state
             f"sample {arch}", ["sample", "--run", f"runs/{arch}", "--n", str(s["n_sample"]), "--out", syn,
                                "--seed", str(seed), *dev],
             [f"runs/{arch}/checkpoint.pt"], [syn],
-            lambda force, arch=arch, syn=syn: api.sample(api.SampleConfig(
+            lambda force, arch=arch, syn=syn: sample_cmd.sample(sample_cmd.SampleConfig(
                 run=out / "runs" / arch, n=s["n_sample"], out=out / syn, seed=seed, device=cfg.device, force=force))))
     for arch in ARCHS:
         syn = f"data/synthetic-{arch}.h5"
@@ -192,7 +199,7 @@ def _steps(cfg: DemoConfig, s: dict[str, Any], log: Callable[[str], None], state
             argv += [] if v is None else [f"--{k.replace('_', '-')}", str(v)]
         steps.append(_Step(
             f"evaluate {arch}", argv, [holdout_h5, syn, train_h5], [f"{rep}/report.json"],
-            lambda force, syn=syn, rep=rep, opts=opts: api.evaluate(api.EvaluateConfig(
+            lambda force, syn=syn, rep=rep, opts=opts: evaluate_cmd.evaluate(evaluate_cmd.EvaluateConfig(
                 real=out / holdout_h5, synthetic=out / syn, train=out / train_h5, out=out / rep, seed=seed,
                 force=force, **{k: v for k, v in opts.items() if v is not None}))))
     for arch in ARCHS:
@@ -202,7 +209,7 @@ def _steps(cfg: DemoConfig, s: dict[str, Any], log: Callable[[str], None], state
 
         def audit(force: bool, arch: str = arch, syn: str = syn, rep: str = rep) -> Any:
             extra_cfg = {} if s["encoder_steps"] is None else {"encoder_steps": s["encoder_steps"]}
-            r = api.audit_privacy(AuditConfig(train=out / train_h5, holdout=out / holdout_h5, synthetic=out / syn,
+            r = audit_cmd.audit_privacy(audit_cmd.AuditConfig(train=out / train_h5, holdout=out / holdout_h5, synthetic=out / syn,
                                               out=out / rep, seed=seed, device=cfg.device, force=force, **extra_cfg))
             state.verdicts[arch] = r.decision
             return r
@@ -284,7 +291,9 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda s: None) ->
         _write_summary(state, "finished")
         log(f"$ {cd}fundus report . --out report.html")
         t0 = time.perf_counter()
-        rep = api.report(out, out=out / "report.html")
+        from fundus_cli.commands.report import write_report
+
+        rep = write_report(out, out=out / "report.html")
         secs = time.perf_counter() - t0
         log(f"  report: {secs:.1f} s")
         state.steps.append({"name": "report", "command": "fundus report . --out report.html", "status": "ran",

@@ -24,8 +24,8 @@ from fundus_cli.fsio import sha256_file
 from fundus_cli.models import build_model
 from fundus_cli.progress import track
 from fundus_cli.training import checkpoint as ckpt_mod
-from fundus_cli.training.distributed import resolve_device
-from fundus_cli.training.images import grid_image, to_uint8, write_png
+from fundus_cli.device import resolve_device
+from fundus_cli.images import grid_image, to_uint8, write_png
 
 BALANCES = ("training", "uniform")
 
