@@ -43,7 +43,6 @@ from typing import Any
 
 import numpy as np
 
-from fundus_cli import __version__
 from fundus_cli.data import h5
 from fundus_cli.data.quality import DUP_CORRELATION, detail_signature, phash
 from fundus_cli.errors import FundusError
@@ -56,11 +55,10 @@ from fundus_cli.privacy import per_class
 from fundus_cli.privacy import register as rg
 from fundus_cli.privacy.embeddings import (EncoderConfig, LearnedEncoder, Vectors, learned_embedding,
                                            pixel_embedding, tiled_embedding, train_encoder)
+from fundus_cli.schemas.audit_report import AUDIT_REPORT
 from fundus_cli.progress import track
 
 EMBEDDINGS = ("pixel", "tiled", "learned", "registered")  # in the order they are computed and reported
-REPORT_FORMAT = "fundus-cli privacy audit report"
-REPORT_VERSION = 1
 SIGNIFICANT = 6  # digits kept of every float in report.json and flagged.csv
 FLAGGED_COLUMNS = ("synthetic_index", "synthetic_source", "train_index", "train_source", "train_patient",
                    "embedding", "distance", "flipped", "ratio", "p_value", "confirmed", "flagged_in", "phash_bits",
@@ -635,10 +633,7 @@ def _run(cfg: AuditConfig, names: tuple[str, ...], thresholds: Thresholds, setti
         "dcr_synthetic_min": float(np.min(r.synthetic.dcr)),
         "ratio_synthetic_min": float(np.nanmin(r.ratio)) if np.isfinite(r.ratio).any() else None,
     }) for r in results}
-    report = {
-        "format": REPORT_FORMAT,
-        "format_version": REPORT_VERSION,
-        "fundus_cli_version": __version__,
+    report = AUDIT_REPORT.stamp({
         "decision": {"status": decision.status, "exit_code": decision.exit_code, "summary": summary,
                      "reasons": list(decision.reasons), "warnings": list(decision.warnings),
                      "inconclusive": list(decision.inconclusive), "tests_run": list(decision.tests_run),
@@ -682,7 +677,7 @@ def _run(cfg: AuditConfig, names: tuple[str, ...], thresholds: Thresholds, setti
         "perceptual_hash": {"min_bits": int(s_bits.min()), "n_within_threshold": int((s_bits <= cfg.phash_bits).sum())},
         "notes": notes,
         "artefacts": ["report.json", flagged_path.name, *[f.name for f in figures]],
-    }
+    })
     write_text_atomic(report_path, dumps_report(report))
     return AuditResult(
         decision=decision.status, exit_code=decision.exit_code, out=out, report=report_path, flagged_csv=flagged_path,

@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fundus_cli import __version__
 from fundus_cli.errors import FundusError
-from fundus_cli.fsio import write_json_atomic
+from fundus_cli.schemas import audit_report, demo_record, read_json
+from fundus_cli.schemas.demo_record import DEMO_RECORD
 
 SUMMARY = "demo.json"
-SUMMARY_FORMAT = "fundus-cli demo summary"
 ARCHS = ("vae", "gan")
 MIN_PHOTOS = 60  # below this the holdout (a fifth) is too small for evaluate's PRDC intervals
 # --quick: a smoke test of every step in about a minute; the models learn nothing useful.
@@ -131,11 +130,10 @@ def _check_folder(cfg: DemoConfig, settings: dict[str, Any]) -> None:
     if not summary.is_file():
         raise FundusError(f"{out} is not empty and holds no {SUMMARY}, so it is not a demo folder. Choose a new or "
                           "empty folder, or add --force to write the demo into it.")
-    import json
-
     try:
-        before = json.loads(summary.read_text(encoding="utf-8")).get("settings", {})
-    except (OSError, ValueError, AttributeError):
+        record = read_json(summary)
+        before = demo_record.settings(record) or ({} if isinstance(record, dict) else None)
+    except (OSError, FundusError):
         before = None
     if before != settings:
         diff = ", ".join(f"{k}: {before.get(k)!r} -> {v!r}" for k, v in settings.items()
@@ -223,8 +221,8 @@ def _steps(cfg: DemoConfig, s: dict[str, Any], log: Callable[[str], None], state
 def _write_summary(state: _State, status: str) -> Path:
     out = Path(state.cfg.out)
     path = out / SUMMARY
-    write_json_atomic(path, {
-        "format": SUMMARY_FORMAT, "fundus_cli_version": __version__, "status": status,
+    DEMO_RECORD.write(path, {
+        "status": status,
         "settings": state.settings, "device": state.cfg.device, "steps": state.steps,
         "seconds": round(time.perf_counter() - state.started, 3), "verdicts": state.verdicts,
         "report": "report.html"})
@@ -232,13 +230,10 @@ def _write_summary(state: _State, status: str) -> Path:
 
 
 def _verdict_from_file(report: Path) -> str | None:
-    import json
-
     try:
-        status = json.loads(report.read_text(encoding="utf-8"))["decision"]["status"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return audit_report.verdict(read_json(report))
+    except (OSError, FundusError):
         return None
-    return status if isinstance(status, str) else None
 
 
 def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda s: None) -> DemoResult:

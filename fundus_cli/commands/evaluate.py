@@ -27,16 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from fundus_cli import __version__
 from fundus_cli.data import h5
 from fundus_cli.data.dataset import resize_batch
 from fundus_cli.errors import FundusError
-from fundus_cli.fsio import write_json_atomic
 from fundus_cli.metrics.bootstrap import bootstrap_cis, cis_overlap
 from fundus_cli.metrics.features import RandomCNN
 from fundus_cli.metrics.fundus_stats import SCALAR_STATS, fundus_stats, stat_distances
 from fundus_cli.metrics.registry import resolve_metrics
 from fundus_cli.metrics.usefulness import Recipe
+from fundus_cli.schemas.evaluate_report import EVALUATE_REPORT
 from fundus_cli.progress import line, track
 
 FEATURES = ("random", "fundus", "inception", "classifier")
@@ -213,8 +212,6 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     if useful is not None:
         figures.append(_learning_curve(useful, out / "learning-curve.png"))
     report = {
-        "format": "fundus-cli evaluate report",
-        "fundus_cli_version": __version__,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()} | {"size": size},
         "inputs": {s.name: {"path": str(s.path), "fingerprint": s.fingerprint, "images": int(len(s.images))}
                    for s in (real, synth, train) if s is not None},
@@ -225,7 +222,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         "notes": notes,
         "figures": [str(f) for f in figures],
     }
-    write_json_atomic(report_path, report)
+    EVALUATE_REPORT.write(report_path, report)
     return EvaluateResult(out=out, report=report_path, realism=realism, usefulness=useful, notes=notes,
                           figures=figures)
 

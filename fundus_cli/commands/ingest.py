@@ -38,6 +38,7 @@ from fundus_cli.data.quality import (DUP_CORRELATION, detail_signature, duplicat
 from fundus_cli.data.split import split_holdout, split_units
 from fundus_cli.errors import FundusError
 from fundus_cli.fsio import folder_lock, write_csv_atomic, write_json_atomic
+from fundus_cli.schemas.ingest_report import INGEST_REPORT, RejectedFile
 from fundus_cli.progress import track
 
 STAGING_DIR = ".ingest-staging"
@@ -504,7 +505,7 @@ def _ingest_locked(cfg: IngestConfig, *, t0: float, rels: list[str], ignored: li
     if not items:
         report = _report(cfg, raw, rels, ignored, rejected, [], (), {}, {}, notes, conversions, [], {}, t0,
                          resumed, None, None)
-        write_json_atomic(report_path, report)
+        INGEST_REPORT.write(report_path, report)
         reasons = Counter(r["reason"].split(" (")[0].split(":")[0] for r in rejected).most_common(3)
         raise FundusError(f"{raw}: none of the {len(rels)} images is usable ({'; '.join(f'{c}x {r}' for r, c in reasons)}). "
                           f"Every reason is listed in {report_path}.")
@@ -626,7 +627,7 @@ def _ingest_locked(cfg: IngestConfig, *, t0: float, rels: list[str], ignored: li
                      dup_list, fingerprints, t0, resumed, is_holdout, map_path if cfg.pseudonymize else None,
                      conflicts=conflicts, dropped=n_dropped,
                      public=public)
-    write_json_atomic(report_path, report)
+    INGEST_REPORT.write(report_path, report)
     shutil.rmtree(staging, ignore_errors=True)
     return IngestResult(
         train=train_path, holdout=holdout_path, report=report_path,
@@ -793,8 +794,6 @@ def _report(cfg: IngestConfig, raw: Path, rels: list[str], ignored: list[str], r
             v = np.array([it.quality[q] for it in items])
             quality_summary[q] = {"min": float(v.min()), "median": float(np.median(v)), "max": float(v.max())}
     return {
-        "format": "fundus-cli ingest report",
-        "fundus_cli_version": __version__,
         "options": _options_for_file(cfg),
         "input": {"folder": "(pseudonymized)" if cfg.pseudonymize else str(raw), "images_found": len(rels),
                   "other_files_ignored": len(ignored)},
@@ -808,7 +807,8 @@ def _report(cfg: IngestConfig, raw: Path, rels: list[str], ignored: list[str], r
                    "holdout": int(is_holdout.sum()) if is_holdout is not None else 0,
                    "per_split_and_class": counts,
                    "patients": len({it.patient for it in items})},
-        "rejected": [{"source": name(r["source"]), "reason": scrub(r["reason"], r["source"])} for r in rejected],
+        "rejected": [RejectedFile(source=name(r["source"]), reason=scrub(r["reason"], r["source"])).to_json()
+                     for r in rejected],
         "conversions": dict(conversions),
         "duplicates": {"threshold_bits": cfg.dup_threshold, "groups": [[name(s) for s in g] for g in dup_list],
                        "policy": cfg.duplicates, "dropped": dropped,

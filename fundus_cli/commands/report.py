@@ -30,14 +30,15 @@ from typing import Any
 import numpy as np
 
 from fundus_cli import __version__
+from fundus_cli.schemas import Artefact, audit_report
+from fundus_cli.schemas.audit_report import AUDIT_REPORT, VERDICTS
+from fundus_cli.schemas.demo_record import DEMO_RECORD
+from fundus_cli.schemas.evaluate_report import EVALUATE_REPORT
+from fundus_cli.schemas.ingest_report import INGEST_REPORT, rejected_files
 from fundus_cli.errors import FundusError
 from fundus_cli.fsio import sha256_file, write_text_atomic
 from fundus_cli.training_length import shortfall
 
-EVALUATE_FORMAT = "fundus-cli evaluate report"
-AUDIT_FORMAT = "fundus-cli privacy audit report"  # fundus_cli.commands.audit.REPORT_FORMAT (not imported: it pulls in torch)
-INGEST_FORMAT = "fundus-cli ingest report"
-VERDICTS = ("PASS", "WARN", "FAIL", "INCONCLUSIVE")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_IMAGE_BYTES = 20 << 20  # a PNG larger than this is named, not embedded (keeps the page openable)
 MAX_JSON_BYTES = 50 << 20
@@ -164,6 +165,16 @@ def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+def _readable(artefact: Artefact, data: dict[str, Any], path: Path, problems: list[str]) -> bool:
+    """Whether `data` is a file of this kind that this version reads; a newer one is named in problems."""
+    if not artefact.matches(data):
+        return False
+    why = artefact.problem(data, path)
+    if why is not None:
+        problems.append(why)
+    return why is None
+
+
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
@@ -203,15 +214,15 @@ def discover(root: Path) -> _Project:
         data = _read_json(p, proj.problems)
         if data is None:
             continue
-        if data.get("format") == EVALUATE_FORMAT:
-            proj.evaluations.append(_Json(p, data))
-        elif data.get("format") == AUDIT_FORMAT:
-            proj.audits.append(_Json(p, data))
+        for artefact, found in ((EVALUATE_REPORT, proj.evaluations), (AUDIT_REPORT, proj.audits)):
+            if _readable(artefact, data, p, proj.problems):
+                found.append(_Json(p, data))
     for p in (root / "ingest-report.json", root / "data" / "ingest-report.json"):
-        if p.is_file() and (data := _read_json(p, proj.problems)) and data.get("format") == INGEST_FORMAT:
+        if p.is_file() and (data := _read_json(p, proj.problems)) and _readable(INGEST_REPORT, data, p, proj.problems):
             proj.ingest = _Json(p, data)
             break
-    if (root / "demo.json").is_file() and (data := _read_json(root / "demo.json", proj.problems)):
+    if (root / "demo.json").is_file() and (data := _read_json(root / "demo.json", proj.problems)) \
+            and _readable(DEMO_RECORD, data, root / "demo.json", proj.problems):
         proj.demo = _Json(root / "demo.json", data)
     return proj
 
@@ -466,8 +477,7 @@ def _set_title(s: _SynthSet, p: _Project) -> str:
 
 
 def _verdict(audit: _Json | None) -> str | None:
-    status = _get(audit.data, "decision", "status") if audit else None
-    return status if isinstance(status, str) else None
+    return audit_report.verdict(audit.data) if audit else None
 
 
 # FAIL > INCONCLUSIVE > WARN > PASS; a status this version does not know ranks as INCONCLUSIVE:
@@ -567,7 +577,7 @@ def _datasets_section(p: _Project) -> str:
            _table(["file", "split", "kind", "images", "size", "images per class", "pseudonymised"], rows)]
     if p.ingest is not None:
         g = p.ingest.data
-        rej = _list(g.get("rejected"))
+        rej = rejected_files(g)
         out.append(f"<p>Ingest ({_e(_rel(str(p.ingest.path), p.root))}): {_i(_get(g, 'input', 'images_found'))} "
                    f"photographs found, {_i(_get(g, 'counts', 'accepted'))} accepted, "
                    f"{_i(_get(g, 'counts', 'rejected'))} rejected, "
@@ -576,20 +586,9 @@ def _datasets_section(p: _Project) -> str:
                    "by patient.</p>")
         if rej:
             out.append(_details(f"{len(rej)} rejected files", _table(
-                ["file", "reason"], [[_e(_rejected_name(r)), _e(_get(r, "reason"))] for r in rej[:200]])))
+                ["file", "reason"], [[_e(r.source or "(not recorded)"), _e(r.reason)] for r in rej[:200]])))
     out.append("</section>")
     return "".join(out)
-
-
-def _rejected_name(row: Any) -> str:
-    """The file of a rejected-files row: the ingest report writes `source` (the path inside the raw
-    folder, or its pseudonym); `path` and `file` are read too so that a renamed key does not silently
-    blank the column again."""
-    for key in ("source", "path", "file"):
-        v = _get(row, key)
-        if isinstance(v, str) and v:
-            return v
-    return "(not recorded)"
 
 
 def _grids(s: _SynthSet, p: _Project) -> str:
