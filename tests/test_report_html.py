@@ -288,12 +288,12 @@ def test_at_a_glance_never_hides_a_fail(project: Path, leaky_audit: str) -> None
 
 
 def test_severity_order_and_reports_on_files_not_here(project: Path) -> None:
-    from fundus_cli.commands.report import _worst
+    from fundus_cli.commands.report.project import most_severe
 
-    assert _worst(["PASS", "WARN", "INCONCLUSIVE"]) == "INCONCLUSIVE"
-    assert _worst(["WARN", "FAIL", "INCONCLUSIVE", "PASS"]) == "FAIL"
-    assert _worst(["PASS", "WARN"]) == "WARN" and _worst([]) is None
-    assert _worst(["PASS", "SOMETHING NEW"]) == "SOMETHING NEW"  # unknown: never summarised as PASS
+    assert most_severe(["PASS", "WARN", "INCONCLUSIVE"]) == "INCONCLUSIVE"
+    assert most_severe(["WARN", "FAIL", "INCONCLUSIVE", "PASS"]) == "FAIL"
+    assert most_severe(["PASS", "WARN"]) == "WARN" and most_severe([]) is None
+    assert most_severe(["PASS", "SOMETHING NEW"]) == "SOMETHING NEW"  # unknown: never summarised as PASS
     # An audit of a file that is no longer here still counts, and so does one of an older version of
     # a file that has since been rewritten (its fingerprint differs).
     gone = _audit_of(project, "synthetic.h5", "FAIL")
@@ -364,7 +364,8 @@ def test_a_short_run_is_called_under_trained(project: Path, tmp_path: Path) -> N
 
 
 def test_verdicts_and_statistics_in_plain_words(project: Path) -> None:
-    from fundus_cli.commands.report import _PLAIN_PRIVACY, _PLAIN_REALISM
+    from fundus_cli.commands.report.privacy import _PLAIN_PRIVACY
+    from fundus_cli.commands.report.sections import _PLAIN_REALISM
 
     audit = project / "reports" / "audit-privacy" / "report.json"
     rep = _audit_report(project, "INCONCLUSIVE")

@@ -68,15 +68,16 @@ def test_rejected_rows_round_trip_and_hostile_rows_are_skipped() -> None:
 def test_the_html_report_shows_the_rejected_files_the_ingest_report_wrote(tmp_path: Path) -> None:
     # The bug of issue 13: the page read `path`/`file`, ingest wrote `source`, the column was empty.
     # Written here through the schema's writer, read by the page through the schema's reader.
-    from fundus_cli.commands.report import _Dataset, _datasets_section, _Json, _Project
+    from fundus_cli.commands.report.project import Dataset, JsonFile, Project
+    from fundus_cli.commands.report.sections import datasets_section
 
     rows = [RejectedFile("scans/broken-photo.jpg", "not an image"), RejectedFile("empty.png", "too small")]
     path = INGEST_REPORT.write(tmp_path / "ingest-report.json", {"rejected": [r.to_json() for r in rows],
                                                                  "counts": {"rejected": 2}})
     info = SimpleNamespace(split="train", kind="real", count=3, image_size=32, pseudonymized=False)
-    project = _Project(root=tmp_path, datasets=[_Dataset(tmp_path / "train.h5", info, {})],
-                       ingest=_Json(path, INGEST_REPORT.load(path)))
-    page = _datasets_section(project)
+    project = Project(root=tmp_path, datasets=[Dataset(tmp_path / "train.h5", info, {})],
+                      ingest=JsonFile(path, INGEST_REPORT.load(path)))
+    page = datasets_section(project)
     table = page[page.index("2 rejected files"):]
     assert "<td>scans/broken-photo.jpg</td><td>not an image</td>" in table
     assert "<td>empty.png</td><td>too small</td>" in table and "(not recorded)" not in table
@@ -92,7 +93,7 @@ def test_audit_verdict_and_demo_settings_readers() -> None:
 
 
 def test_the_html_report_names_a_report_from_a_newer_version_instead_of_misreading_it(tmp_path: Path) -> None:
-    from fundus_cli.commands.report import discover
+    from fundus_cli.commands.report.project import discover
 
     for name, artefact, version in (("evaluate", EVALUATE_REPORT, 2), ("audit-privacy", AUDIT_REPORT, 1)):
         (tmp_path / "reports" / name).mkdir(parents=True)
