@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fundus_cli.errors import FundusError
 
 if TYPE_CHECKING:
     from fundus_cli.commands.audit import AuditConfig, AuditResult
