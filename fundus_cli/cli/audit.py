@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.text import Text
 
-from fundus_cli import api
+from fundus_cli import api, progress
 from fundus_cli.cli.app import JsonOpt, command, emit, err, notes, state, styled
 
 
@@ -48,6 +48,7 @@ def audit_cmd(
                                    "membership_ci_fail": membership_ci_fail, "warn_p": warn_p}.items() if v is not None}
     cfg = api.AuditConfig(train=train, holdout=holdout, synthetic=synthetic, out=out, embeddings=embeddings, size=size,
                           seed=seed, accept_no_holdout=accept_no_holdout, device=device, force=force, **overrides)
+    progress.set_lines(not state["quiet"])  # one line per stage on stderr, also in logs
     r = api.audit_privacy(cfg)
     if not state["quiet"]:
         notes(r.notes)

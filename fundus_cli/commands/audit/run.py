@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from fundus_cli.privacy import preprocess as pp
 from fundus_cli.privacy import stats as st
 from fundus_cli.privacy.decision import Decision, Thresholds, decide, explain
 from fundus_cli.privacy.embeddings import EncoderConfig, LearnedEncoder, Vectors, learned_embedding, train_encoder
-from fundus_cli.progress import track
+from fundus_cli.progress import line, track
 
 
 def audit_privacy(cfg: AuditConfig) -> AuditResult:
@@ -74,6 +75,11 @@ class _Audit:
     synth: h5.DatasetReader
     hold: h5.DatasetReader | None
     notes: list[str]
+    started: float = field(default_factory=time.perf_counter)
+
+    def stage(self, text: str) -> None:
+        """One progress line on stderr per stage, with the time so far (also in logs: not a bar)."""
+        line(f"audit-privacy: {text} ({time.perf_counter() - self.started:.0f} s)")
 
 
 @dataclass
@@ -129,12 +135,19 @@ class _Verdict:
 
 def _run(a: _Audit, scratch: Path) -> AuditResult:
     t = _prepare_training(a, scratch)
+    a.stage(f"{len(a.train)} training images embedded ({', '.join(a.names)}) at {a.cfg.size} px")
     cal = _calibration(a, t)
+    a.stage("calibration: leave-one-out (no holdout)" if cal.side is None else
+            f"calibration: {len(cal.side.rows)} holdout images read")
     s_side = read_side(a.synth, np.arange(len(a.synth)), mask=t.mask, encoder=t.encoder, chunk=a.cfg.chunk,
                        device=a.device, hashes=True, what="synthetic images", views=t.views)
+    a.stage(f"{len(a.synth)} synthetic images read")
     results, reference = _audit_embeddings(a, t, cal, s_side)
     verdict = _decide(a, t, cal, s_side, results)
-    return _write(a, t, cal, s_side, results, reference, verdict)
+    a.stage(f"decision: {verdict.decision.status}")
+    result = _write(a, t, cal, s_side, results, reference, verdict)
+    a.stage("report, flagged.csv and figures written")
+    return result
 
 
 def _prepare_training(a: _Audit, scratch: Path) -> _Training:
@@ -226,6 +239,7 @@ def _audit_embeddings(a: _Audit, t: _Training, cal: _Calibration, s_side: Side
                     h_side=cal.side, train=a.train, pix=t.pix, own=t.own, lrn=t.lrn, views=t.views, groups=groups,
                     chunk=a.cfg.chunk, device=a.device, notes=a.notes))
                 advance()
+                a.stage("registered distance audited")
                 continue
             s_vec = vectors(name, s_side.pixels, t.mask, s_side.learned)
             h_vec = None if cal.side is None else vectors(name, cal.side.pixels, t.mask, cal.side.learned)
@@ -237,6 +251,7 @@ def _audit_embeddings(a: _Audit, t: _Training, cal: _Calibration, s_side: Side
                 reference = reference_pairs(r, h_vec, t.chunks(name, a.cfg.chunk), groups, a.device)
             del s_vec, h_vec
             advance()
+            a.stage(f"{name} embedding audited")
     return results, reference
 
 
