@@ -133,7 +133,7 @@ def build(root: Path) -> list[Case]:
     import torch
 
     from fundus_cli.data import h5
-    from fundus_cli.commands import ingest as ingest_mod
+    from fundus_cli.commands.ingest import stage as ingest_mod
     from fundus_cli.fsio import LOCK_NAME
     from fundus_cli.training.loop import TrainConfig, train
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fundus_cli.data import h5
-from fundus_cli.commands import ingest as ingest_mod
+from fundus_cli.commands.ingest import stage as ingest_mod
 from fundus_cli.data.fov import Circle, fov_mask
 from fundus_cli.commands.ingest import IngestConfig, ingest
 from fundus_cli.data.phantoms import CLASS_NAMES
