@@ -89,3 +89,28 @@ def stat_histograms(per_image: dict[str, dict[str, np.ndarray]], path: Path) -> 
     ax.set_ylabel("share of pixels")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def learning_curve(useful: dict[str, Any], path: Path) -> Path:
+    """Balanced accuracy against the share of real images, without and with the synthetic ones."""
+    from fundus_cli.metrics.usefulness import scenario_name
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    fractions = sorted(useful["fractions"] + ([1.0] if 1.0 not in useful["fractions"] else []))
+    sc = useful["scenarios"]
+    for with_synth, colour, label in ((False, "tab:blue", "real only"), (True, "tab:orange", "real + synthetic")):
+        rows = [sc[scenario_name(f, with_synth)]["balanced_accuracy"] for f in fractions]
+        ax.errorbar([100 * f for f in fractions], [r["value"] for r in rows],
+                    yerr=[[r["value"] - r["ci_low"] for r in rows], [r["ci_high"] - r["value"] for r in rows]],
+                    marker="o", capsize=3, color=colour, label=label)
+    if "synthetic" in sc:
+        ax.axhline(sc["synthetic"]["balanced_accuracy"]["value"], color="tab:green", ls="--", label="synthetic only")
+    ax.axhline(useful["summary"]["chance_balanced_accuracy"], color="grey", ls=":", label="chance")
+    ax.set_xlabel("share of the real training images (%)")
+    ax.set_ylabel("balanced accuracy on the real holdout")
+    ax.set_title(f"learning curve ({useful['seeds']} seeds, 95 % CI over test images)", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
