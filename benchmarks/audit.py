@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 from fundus_cli.data import h5  # noqa: E402
 from fundus_cli.data.quality import phash  # noqa: E402
-from fundus_cli.data.phantoms import quick_fundus  # noqa: E402
+from fundus_cli.testing import quick_fundus  # noqa: E402
 
 SIZE = 64
 CHUNK = 1000  # images rendered per seeded chunk: file k's first rows equal a bigger file's
@@ -59,7 +59,7 @@ def one(args: argparse.Namespace) -> None:
     """Child process: one audit; prints a JSON line with its time and peak memory."""
     import torch
 
-    from fundus_cli.audit import AuditConfig, audit_privacy
+    from fundus_cli.commands.audit import AuditConfig, audit_privacy
 
     if args.threads:
         torch.set_num_threads(args.threads)

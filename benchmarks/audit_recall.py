@@ -77,7 +77,7 @@ class Pool:
 
 def phantom_pool(data: Path, *, n: int, seed: int, size: int) -> Pool:
     """n phantoms rendered and ingested at ``size`` px (cached under ``data``)."""
-    from fundus_cli.data.ingest import IngestConfig, ingest
+    from fundus_cli.commands.ingest import IngestConfig, ingest
     from fundus_cli.data.phantoms import write_phantoms
 
     cache = data / f"pool-n{n}-seed{seed}-{size}px.npz"
@@ -225,7 +225,7 @@ def audit(root: Path, pool: Pool, tr: np.ndarray, ho: np.ndarray, synthetic: lis
           encoder_steps: int, seed: int, embeddings: str) -> tuple[object, float]:
     import torch
 
-    from fundus_cli.audit import AuditConfig, audit_privacy
+    from fundus_cli.commands.audit import AuditConfig, audit_privacy
 
     train = write(root / "train.h5", pool.records(tr), size=size, split="train", kind="real")
     hold = write(root / "holdout.h5", pool.records(ho), size=size, split="holdout", kind="real")

@@ -264,7 +264,7 @@ def end_to_end(args: argparse.Namespace) -> None:
 
     from fundus_cli import progress
     from fundus_cli.data import h5
-    from fundus_cli.evaluate import EvaluateConfig, evaluate
+    from fundus_cli.commands.evaluate import EvaluateConfig, evaluate
 
     sys.path.insert(0, str(Path(__file__).parent))
     from features import generators  # the known-bad generators of benchmarks/features.py

@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fundus_cli.data import h5  # noqa: E402
-from fundus_cli.evaluate import EvaluateConfig, _compare, standardise  # noqa: E402
+from fundus_cli.commands.evaluate import EvaluateConfig, _compare, standardise  # noqa: E402
 from fundus_cli.metrics.bootstrap import cis_overlap  # noqa: E402
 from fundus_cli.metrics.classifier_features import ClassifierFeatures  # noqa: E402
 from fundus_cli.metrics.features import RandomCNN  # noqa: E402

@@ -121,7 +121,7 @@ def _phantoms(dst: Path, n: int = 12, seed: int = 5) -> Path:
 
 
 def _ingest(raw: Path, out: Path) -> Path:
-    from fundus_cli.data.ingest import IngestConfig, ingest
+    from fundus_cli.commands.ingest import IngestConfig, ingest
 
     ingest(IngestConfig(raw=raw, out=out, size=32, workers=1, holdout_fraction=0.25))
     return out
@@ -133,7 +133,7 @@ def build(root: Path) -> list[Case]:
     import torch
 
     from fundus_cli.data import h5
-    from fundus_cli.data import ingest as ingest_mod
+    from fundus_cli.commands.ingest import stage as ingest_mod
     from fundus_cli.fsio import LOCK_NAME
     from fundus_cli.training.loop import TrainConfig, train
 

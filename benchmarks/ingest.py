@@ -73,7 +73,7 @@ def ingest_child(raw: Path, out: Path, size: int, workers: int) -> dict:
     code = (
         "import json, resource, sys, time\n"
         "from pathlib import Path\n"
-        "from fundus_cli.data.ingest import IngestConfig, ingest\n"
+        "from fundus_cli.commands.ingest import IngestConfig, ingest\n"
         f"t=time.perf_counter(); r=ingest(IngestConfig(raw=Path({str(raw)!r}), out=Path({str(out)!r}), "
         f"size={size}, workers={workers}))\n"
         "dt=time.perf_counter()-t\n"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fundus_cli.data.ingest import IngestConfig, ingest
+from fundus_cli.commands.ingest import IngestConfig, ingest
 from fundus_cli.data.phantoms import write_phantoms
 from fundus_cli.training.loop import TrainConfig, hyperparameters, model_config, resolve, train
 from fundus_cli.training.trainers import TRAINERS

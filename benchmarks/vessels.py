@@ -41,7 +41,7 @@ import scipy.stats
 
 from fundus_cli.data.decode import decode_image
 from fundus_cli.data.fov import crop_to_fov, detect_fov
-from fundus_cli.data.ingest import process_file
+from fundus_cli.commands.ingest.stage import process_file
 from fundus_cli.metrics import fundus_stats as fs
 
 DRIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "drive"

@@ -42,7 +42,7 @@ def shared_data():
 @pytest.fixture(scope="session")
 def tiny_data(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """data/ folder with train.h5 and holdout.h5 of the 12 phantoms at 32 px; treat as read-only."""
-    from fundus_cli.data.ingest import IngestConfig, ingest
+    from fundus_cli.commands.ingest import IngestConfig, ingest
 
     out = tmp_path_factory.mktemp("tiny") / "data"
     ingest(IngestConfig(raw=phantom_dir, out=out, size=32, workers=1, holdout_fraction=0.25))

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fundus_cli.audit import AuditConfig, audit_privacy
+from fundus_cli.commands.audit import AuditConfig, audit_privacy
 from fundus_cli.data import h5
 from fundus_cli.data.quality import phash
 from fundus_cli.errors import FundusError
-from fundus_cli.data.phantoms import quick_fundus
+from fundus_cli.testing import quick_fundus
 from fundus_cli.privacy.register import shift_images
 
 # Small and quick: a barely trained encoder still gives exact copies distance 0, and the

@@ -117,4 +117,8 @@ def test_audit_privacy_command_exit_codes(tiny_data: Path, tmp_path: Path, monke
     r = runner.invoke(app, ["audit-privacy", "--encoder-steps", "5", "--size", "32"])
     assert r.exit_code == 3, r.stderr
     assert "INCONCLUSIVE" in r.stderr and r.stdout.strip() == "reports/audit-privacy/report.json"
+    # A line per stage with the time so far, although stderr is not a terminal here (issue 16).
+    stages = [s for s in r.stderr.splitlines() if s.startswith("audit-privacy: ")]
+    assert any("training images embedded" in s for s in stages) and stages[-1].startswith(
+        "audit-privacy: report, flagged.csv and figures written (") and all(s.endswith(" s)") for s in stages)
     assert json.loads(Path("reports/audit-privacy/report.json").read_text())["decision"]["status"] == "INCONCLUSIVE"

@@ -12,9 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fundus_cli import api
 from fundus_cli.cli import app
-from fundus_cli.demo import DemoConfig, DemoResult, run_demo
+from fundus_cli.commands.demo import DemoConfig, DemoResult, run_demo
 from fundus_cli.errors import FundusError
 
 STEPS = ["phantoms", "ingest", "train vae", "train gan", "sample vae", "sample gan", "evaluate vae", "evaluate gan",
@@ -152,7 +151,9 @@ def test_interrupted_training_resumes_and_a_failed_audit_does_not_stop_the_demo(
         (run / f"checkpoint-{step:08d}.pt").unlink()
     shutil.copyfile(run / "checkpoint-00000002.pt", run / "checkpoint.tmp")
     os.replace(run / "checkpoint.tmp", run / "checkpoint.pt")
-    real_audit = api.audit_privacy
+    from fundus_cli.commands import audit as audit_cmd
+
+    real_audit = audit_cmd.audit_privacy
 
     def failing_audit(cfg):  # type: ignore[no-untyped-def]
         r = real_audit(cfg)
@@ -162,7 +163,7 @@ def test_interrupted_training_resumes_and_a_failed_audit_does_not_stop_the_demo(
         r.decision, r.exit_code = "FAIL", 1
         return r
 
-    monkeypatch.setattr(api, "audit_privacy", failing_audit)
+    monkeypatch.setattr(audit_cmd, "audit_privacy", failing_audit)
     import torch
 
     torch.set_num_threads(1)

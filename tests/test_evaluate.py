@@ -11,13 +11,13 @@ from typer.testing import CliRunner
 from fundus_cli.cli import app
 from fundus_cli.data import h5
 from fundus_cli.errors import FundusError
-from fundus_cli.evaluate import EvaluateConfig, evaluate
+from fundus_cli.commands.evaluate import EvaluateConfig, evaluate
 
 
 @pytest.fixture(scope="module")
 def data60(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """100 phantoms ingested at 64 px: ~75 train / ~25 holdout, labelled."""
-    from fundus_cli.data.ingest import IngestConfig, ingest
+    from fundus_cli.commands.ingest import IngestConfig, ingest
     from fundus_cli.data.phantoms import write_phantoms
 
     root = tmp_path_factory.mktemp("eval")

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from fundus_cli.cli import app
 from fundus_cli.data import h5
 from fundus_cli.errors import FundusError
-from fundus_cli.report_html import write_report
+from fundus_cli.commands.report import write_report
 
 EVIL = "<script>alert('x')</script>"
 EVIL_IMG = "<img src=x onerror=alert(1)>"
@@ -85,7 +85,7 @@ def _audit_report(root: Path, status: str) -> dict:
 @pytest.fixture
 def project(tiny_data: Path, tiny_runs: dict[str, Path], tmp_path: Path) -> Path:
     """data/ (tiny ingest + 8 samples of the tiny conditional GAN), runs/gan, and report files."""
-    from fundus_cli.sampling import SampleConfig, sample
+    from fundus_cli.commands.sample import SampleConfig, sample
 
     root = tmp_path / "proj"
     shutil.copytree(tiny_data, root / "data")
@@ -288,12 +288,12 @@ def test_at_a_glance_never_hides_a_fail(project: Path, leaky_audit: str) -> None
 
 
 def test_severity_order_and_reports_on_files_not_here(project: Path) -> None:
-    from fundus_cli.report_html import _worst
+    from fundus_cli.commands.report.project import most_severe
 
-    assert _worst(["PASS", "WARN", "INCONCLUSIVE"]) == "INCONCLUSIVE"
-    assert _worst(["WARN", "FAIL", "INCONCLUSIVE", "PASS"]) == "FAIL"
-    assert _worst(["PASS", "WARN"]) == "WARN" and _worst([]) is None
-    assert _worst(["PASS", "SOMETHING NEW"]) == "SOMETHING NEW"  # unknown: never summarised as PASS
+    assert most_severe(["PASS", "WARN", "INCONCLUSIVE"]) == "INCONCLUSIVE"
+    assert most_severe(["WARN", "FAIL", "INCONCLUSIVE", "PASS"]) == "FAIL"
+    assert most_severe(["PASS", "WARN"]) == "WARN" and most_severe([]) is None
+    assert most_severe(["PASS", "SOMETHING NEW"]) == "SOMETHING NEW"  # unknown: never summarised as PASS
     # An audit of a file that is no longer here still counts, and so does one of an older version of
     # a file that has since been rewritten (its fingerprint differs).
     gone = _audit_of(project, "synthetic.h5", "FAIL")
@@ -313,7 +313,7 @@ def test_severity_order_and_reports_on_files_not_here(project: Path) -> None:
 
 def test_rejected_files_are_named(raw_copy: Path, tmp_path: Path) -> None:
     # A real ingest with files it must reject: the report's table names each of them (issue 12, item 13).
-    from fundus_cli.data.ingest import IngestConfig, ingest
+    from fundus_cli.commands.ingest import IngestConfig, ingest
 
     (raw_copy / "broken-photo.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     (raw_copy / "empty-scan.png").write_bytes(b"")
@@ -333,7 +333,7 @@ def test_rejected_files_are_named(raw_copy: Path, tmp_path: Path) -> None:
 def test_a_short_run_is_called_under_trained(project: Path, tmp_path: Path) -> None:
     import torch
 
-    from fundus_cli.sampling import SampleConfig, sample
+    from fundus_cli.commands.sample import SampleConfig, sample
 
     ckpt = torch.load(project / "runs" / "gan" / "checkpoint.pt", weights_only=True)
     ckpt["train_config"]["steps"] = 4000  # stopped at step 3 of a planned 4000
@@ -364,7 +364,8 @@ def test_a_short_run_is_called_under_trained(project: Path, tmp_path: Path) -> N
 
 
 def test_verdicts_and_statistics_in_plain_words(project: Path) -> None:
-    from fundus_cli.report_html import _PLAIN_PRIVACY, _PLAIN_REALISM
+    from fundus_cli.commands.report.privacy import _PLAIN_PRIVACY
+    from fundus_cli.commands.report.sections import _PLAIN_REALISM
 
     audit = project / "reports" / "audit-privacy" / "report.json"
     rep = _audit_report(project, "INCONCLUSIVE")

@@ -11,7 +11,7 @@ import pytest
 from fundus_cli.data import h5
 from fundus_cli.errors import FundusError
 from fundus_cli.fsio import sha256_file
-from fundus_cli.sampling import SampleConfig, sample
+from fundus_cli.commands.sample import SampleConfig, sample
 
 
 def _images(path: Path) -> np.ndarray:

@@ -31,48 +31,19 @@ INCONCLUSIVE (exit 3): calibrated without a holdout (leave-one-out) and not acce
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
 
 from fundus_cli.errors import FundusError
+from fundus_cli.privacy.per_class import ClassTest, holm
+from fundus_cli.privacy.power import could_fail
+from fundus_cli.privacy.thresholds import Thresholds
 from fundus_cli.privacy.stats import EmbeddingAudit
 
-if TYPE_CHECKING:
-    from fundus_cli.privacy.per_class import ClassTest
-
 EXIT_CODES = {"PASS": 0, "WARN": 0, "FAIL": 1, "INCONCLUSIVE": 3}
-MEMORIZATION_TESTS = ("exact", "binomial")
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Decision thresholds, AUDIT.md's defaults (recorded in the report)."""
-
-    ratio: float = 1.0  # ratio test: r below this is "much closer to one training image than to the rest"
-    possible_copy_ratio: float = 0.5  # an image flagged in one embedding only warns when r is below this
-    confirm_in: int = 2  # embeddings that must flag an image for a confirmed copy (capped at those given)
-    phash_bits: int = 4  # perceptual hashes at most this many bits apart are near-identical
-    z_fail: float = -3.0  # Z_U or C_T at or below: data copying
-    memorization_p_fail: float = 0.001  # memorization test p below this ...
-    memorization_excess_fail: float = 0.01  # ... and m - alpha at least this: FAIL
-    membership_ci_fail: float = 0.55  # membership AUC lower bound above this: FAIL
-    warn_p: float = 0.05  # any test below this: WARN
-    memorization_test: str = "exact"  # "exact" (rank-based, valid for any |H|) or "binomial" (AUDIT.md's wording)
-
-    def __post_init__(self) -> None:
-        if self.memorization_test not in MEMORIZATION_TESTS:
-            raise FundusError(f"unknown memorization test {self.memorization_test!r}; "
-                              f"valid: {', '.join(MEMORIZATION_TESTS)}")
-        if self.confirm_in < 1:
-            raise FundusError(f"confirm_in must be at least 1, got {self.confirm_in}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 @dataclass(frozen=True)
 class Flag:
     """One synthetic image that looks like a copy."""
@@ -197,7 +168,7 @@ def decide(results: Sequence[EmbeddingAudit], *, phash_bits: np.ndarray | None =
     adjusted, not_tested, ran_classes, failed_classes = _class_rules(classes or (), th, fails, warns)
 
     loo = any(r.calibration != "holdout" for r in results)
-    power = _power(results, th, n_s, accept_leave_one_out=accept_leave_one_out,
+    power = could_fail(results, th, n_s, accept_leave_one_out=accept_leave_one_out,
                    min_cell_synthetic=min_cell_synthetic)
     inconclusive = list(power.missing)
     if loo and not accept_leave_one_out:
@@ -225,8 +196,6 @@ def _class_rules(classes: Sequence[ClassTest], th: Thresholds, fails: list[str],
     family: every class, embedding and test), so that testing many classes does not by itself
     produce a FAIL. A class too small for a test is listed, not failed: the set-level tests still
     cover its images, and the per-image copy test does not depend on classes."""
-    from fundus_cli.privacy.per_class import holm
-
     keys: list[tuple[str, str, str]] = []
     raw: list[float] = []
     for t in classes:
@@ -264,121 +233,6 @@ def _class_rules(classes: Sequence[ClassTest], th: Thresholds, fails: list[str],
     ran = (f"per-class memorization-rate and Z_U tests ({len(tested)} classes: {', '.join(tested)}; "
            f"{family})",) if tested else ()
     return adj, not_tested, ran, tuple(dict.fromkeys(failed))
-
-
-# --------------------------------------------------------------------------- power: could each test fail?
-
-MIN_CELL_HOLDOUT = 10  # stats.audit_embedding fits |H| // 10 cells: C_T needs 10 holdout images
-
-
-@dataclass(frozen=True)
-class Power:
-    ran: tuple[str, ...]  # tests that ran and could reach their level, in plain words
-    missing: tuple[str, ...]  # tests that could not, each with why and what would do
-    min_holdout: int | None  # usable holdout images every test needs (None: enough already)
-    min_synthetic: int | None  # synthetic images every test needs (None: enough already)
-
-
-def max_rank_z(m: int, n: int) -> float:
-    """The largest |z| a Mann-Whitney comparison of m against n values can reach (complete
-    separation): sqrt(3 m n / (m + n + 1))."""
-    return float(np.sqrt(3.0 * m * n / (m + n + 1))) if m and n else 0.0
-
-
-def min_holdout_for_alpha(alpha: float) -> int:
-    """Smallest |H| with floor(alpha (|H| + 1)) >= 1: the smallest conformal p-value 1 / (|H| + 1)
-    reaches alpha, and tau_alpha exists (the same rounding as stats.memorization_test)."""
-    n = 1
-    while int(np.floor(alpha * (n + 1) + 1e-9)) < 1:
-        n += 1
-    return n
-
-
-def _smallest(ok: Any, start: int = 1, limit: int = 10**7) -> int | None:
-    """Smallest n >= start with ok(n), or None below limit (ok is monotone in n)."""
-    if not ok(limit):
-        return None
-    lo, hi = start, limit
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def _power(results: Sequence[EmbeddingAudit], th: Thresholds, n_s: int, *, accept_leave_one_out: bool,
-           min_cell_synthetic: int) -> Power:
-    """Which tests could have failed with these numbers of images, and what would let the others."""
-    n_h = len(results[0].calibration_dcr)
-    alpha = results[0].memorization.alpha
-    holdout = all(r.calibration == "holdout" for r in results)
-    what = "holdout" if holdout else "leave-one-out calibration"
-    ran: list[str] = []
-    missing: list[str] = []
-    need_h: list[int] = []
-    need_s: list[int] = []
-    names = ", ".join(r.name for r in results)
-
-    h_alpha = min_holdout_for_alpha(alpha)
-    min_p = 1.0 / (n_h + 1)
-    if n_h >= h_alpha:
-        ran.append(f"copy test per synthetic image ({names}: conformal p-value as small as 1/{n_h + 1} = "
-                   f"{min_p:.3g} <= alpha {alpha:g}, with the ratio test)")
-        ran.append(f"memorization-rate test (share of synthetic images below tau_alpha, {th.memorization_test} "
-                   "test)")
-    else:
-        missing.append(f"with {n_h} {what} images the smallest possible p-value is 1/{n_h + 1} = {min_p:.3f}, "
-                       f"above alpha = {alpha:g}: no synthetic image can be shown closer to a training image than "
-                       f"chance, and the memorization-rate test has no tau_alpha (it needs {h_alpha}+ images)")
-        need_h.append(h_alpha)
-
-    zu_needed = -th.z_fail
-    m = n_s
-    if max_rank_z(m, n_h) >= zu_needed:
-        ran.append(f"data-copying test Z_U ({names}; fails at <= {th.z_fail:g})")
-    else:
-        missing.append(f"Z_U cannot reach {th.z_fail:g} with {m} synthetic and {n_h} {what} images (at most "
-                       f"-{max_rank_z(m, n_h):.2f} even if every synthetic image were closer than every {what} "
-                       "image)")
-        h = _smallest(lambda n: max_rank_z(max(m, 1), n) >= zu_needed)
-        s = _smallest(lambda k: max_rank_z(k, max(n_h, 1)) >= zu_needed)
-        if h is not None:
-            need_h.append(h)
-        elif s is not None:
-            need_s.append(s)
-
-    cells = [r for r in results if r.cells is not None and r.cells.c_t is not None]
-    if cells:
-        ran.append("cell-wise data-copying test C_T (" + ", ".join(f"{r.name}: {r.cells.cells_used} cells"
-                                                                   for r in cells if r.cells) + ")")
-    else:
-        missing.append(f"the cell-wise data-copying test C_T was skipped in every embedding: it needs at least "
-                       f"{MIN_CELL_HOLDOUT} {what} and {min_cell_synthetic} synthetic images, and the pixel or "
-                       "learned embedding")
-        need_h.append(MIN_CELL_HOLDOUT)
-        if n_s < min_cell_synthetic:
-            need_s.append(min_cell_synthetic)
-
-    members = [r for r in results if r.membership is not None]
-    if members:
-        mia = members[0].membership
-        assert mia is not None
-        if float(sps.norm.sf(max_rank_z(mia.n_members, mia.n_nonmembers))) < th.warn_p:
-            ran.append("membership-inference test (AUC of training vs holdout images by distance to the nearest "
-                       "synthetic image)")
-        else:
-            missing.append(f"the membership-inference test cannot reach p < {th.warn_p:g} with {mia.n_members} "
-                           f"training and {mia.n_nonmembers} holdout images")
-            need_h.append(_smallest(lambda n: float(sps.norm.sf(max_rank_z(n, n))) < th.warn_p) or 0)
-    elif holdout:
-        # Without a holdout it cannot run: that case is INCONCLUSIVE already, unless the user accepted it.
-        missing.append("the membership-inference test did not run (it needs a holdout)")
-
-    return Power(ran=tuple(ran), missing=tuple(missing),
-                 min_holdout=max(need_h) if need_h and max(need_h) > n_h else None,
-                 min_synthetic=max(need_s) if need_s and max(need_s) > n_s else None)
 
 
 def _need(results: Sequence[EmbeddingAudit], th: Thresholds) -> int:

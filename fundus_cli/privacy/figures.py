@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fundus_cli.report_plots import _plt, _save
+from fundus_cli.plots import pyplot, save_figure
 
 # Mean |difference| per pixel in standardised units (each image has unit variance inside the
 # mask): 0 for a copy, about 1.1 for unrelated images. The colour scale is fixed so that
@@ -36,7 +36,7 @@ def nearest_pairs(synthetic: list[Pair], reference: list[Pair], path: Path, *, r
     """Rows of (synthetic | nearest training | difference) next to (reference | nearest
     training | difference), the reference being holdout images (or training images without
     a holdout): what chance closeness looks like."""
-    plt = _plt()
+    plt = pyplot()
     rows = max(len(synthetic), len(reference), 1)
     fig, axes = plt.subplots(rows, 7, figsize=(14.5, 2.35 * rows + 1.0), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 1, 1, 0.12, 1, 1, 1]})
@@ -68,7 +68,7 @@ def nearest_pairs(synthetic: list[Pair], reference: list[Pair], path: Path, *, r
         cax = fig.add_axes((0.945, 0.15, 0.012, 0.7))
         bar = fig.colorbar(image, cax=cax)
         bar.set_label("mean |difference| per pixel (standardised units; 0 = identical)", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class DistancePanel:
 def distance_histograms(panels: list[DistancePanel], path: Path) -> Path:
     """Per embedding: histograms of dcr(S) and dcr(H) (as shares, so unequal sizes compare),
     tau_alpha marked."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.9), squeeze=False)
     for ax, p in zip(axes[0], panels):
         s = np.asarray(p.synthetic, float)
@@ -114,4 +114,4 @@ def distance_histograms(panels: list[DistancePanel], path: Path) -> Path:
     fig.suptitle("dcr: synthetic vs real images the generator never saw (left of tau: closer than "
                  "most real images come)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from fundus_cli.privacy import stats as st
+from fundus_cli.privacy.power import max_rank_z, min_holdout_for_alpha
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,6 @@ def class_tests(results: Sequence[st.EmbeddingAudit], *, synthetic_labels: np.nd
     calibration_labels: per embedding, the label of each calibration image (holdout, or the
     leave-one-out training images), aligned with ``results[i].calibration_dcr``; None skips
     that embedding."""
-    from fundus_cli.privacy.decision import max_rank_z, min_holdout_for_alpha
-
     need_h = min_holdout_for_alpha(alpha)
     s_lab = np.asarray(synthetic_labels)
     out = []

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from fundus_cli.errors import FundusError
+from fundus_cli.device import resolve_device  # also reached as distributed.resolve_device
 
 
 @dataclass(frozen=True)
@@ -25,19 +25,6 @@ class Dist:
     @property
     def enabled(self) -> bool:
         return self.world > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise FundusError("--device cuda: no CUDA GPU is visible to PyTorch (torch.cuda.is_available() is "
-                              "False). Use --device cpu, or install a CUDA build of PyTorch.")
-        return torch.device("cuda", local_rank)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise FundusError(f"--device {name!r}: choose auto, cpu or cuda.")
 
 
 def setup(device_name: str) -> tuple[Dist, torch.device]:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from fundus_cli.cli import app
 from fundus_cli.data import h5
-from fundus_cli.data.ingest import IngestConfig, ingest
+from fundus_cli.commands.ingest import IngestConfig, ingest
 from fundus_cli.errors import FundusError
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from fundus_cli.data import h5
-from fundus_cli.data import ingest as ingest_mod
+from fundus_cli.commands.ingest import stage as ingest_mod
 from fundus_cli.data.fov import Circle, fov_mask
-from fundus_cli.data.ingest import IngestConfig, ingest
+from fundus_cli.commands.ingest import IngestConfig, ingest
 from fundus_cli.data.phantoms import CLASS_NAMES
 from fundus_cli.errors import FundusError
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from fundus_cli.cli import app
 from fundus_cli.data import h5
 from fundus_cli.errors import FundusError
-from fundus_cli.evaluate import EvaluateConfig, evaluate
+from fundus_cli.commands.evaluate import EvaluateConfig, evaluate
 from fundus_cli.metrics.classifier_features import ClassifierFeatures
 from fundus_cli.metrics.usefulness import Recipe, _to_tensor, train_classifier
 

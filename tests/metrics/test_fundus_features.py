@@ -10,7 +10,7 @@ import numpy as np
 
 from fundus_cli.data.fov import crop_to_fov, detect_fov
 from fundus_cli.data.phantoms import plan_phantoms, render_phantom
-from fundus_cli.evaluate import standardise
+from fundus_cli.commands.evaluate import standardise
 from fundus_cli.metrics.fundus_features import NAMES, FundusFeatures
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "features.py"

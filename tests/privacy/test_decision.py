@@ -15,9 +15,10 @@ import pytest
 from fundus_cli.data.quality import detail_signature, phash
 from fundus_cli.privacy import preprocess as pp
 from fundus_cli.privacy import stats as st
-from fundus_cli.privacy.decision import Thresholds, decide, explain, max_rank_z, min_holdout_for_alpha
+from fundus_cli.privacy.decision import Thresholds, decide, explain
+from fundus_cli.privacy.power import max_rank_z, min_holdout_for_alpha
 from fundus_cli.privacy.embeddings import pixel_embedding, tiled_embedding
-from fundus_cli.data.phantoms import quick_fundus
+from fundus_cli.testing import quick_fundus
 
 SIZE = 48
 SETTINGS = st.AuditSettings(n_boot=200, min_cell_synthetic=10)

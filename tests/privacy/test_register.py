@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fundus_cli.data.phantoms import quick_fundus
+from fundus_cli.testing import quick_fundus
 from fundus_cli.errors import FundusError
 from fundus_cli.privacy import preprocess as pp
 from fundus_cli.privacy import register as rg

@@ -168,7 +168,7 @@ def test_os_error_mapping_names_the_folder() -> None:
 
 def test_interrupted_sample_says_it_starts_over_and_leaves_nothing(cli, tiny_runs: dict, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from fundus_cli import sampling
+    from fundus_cli.commands import sample as sampling
 
     calls = {"n": 0}
     real = sampling.Sampler.__call__

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from fundus_cli.data import h5
-from fundus_cli.data import ingest as ingest_mod
-from fundus_cli.data.ingest import IngestConfig, ingest
+from fundus_cli.commands.ingest import stage as ingest_mod
+from fundus_cli.commands.ingest import IngestConfig, ingest
 from fundus_cli.errors import FundusError
 from fundus_cli.fsio import LOCK_NAME, folder_lock
 

@@ -24,8 +24,8 @@ from fundus_cli.fsio import sha256_file
 from fundus_cli.models import build_model
 from fundus_cli.progress import track
 from fundus_cli.training import checkpoint as ckpt_mod
-from fundus_cli.training.distributed import resolve_device
-from fundus_cli.training.images import grid_image, to_uint8, write_png
+from fundus_cli.device import resolve_device
+from fundus_cli.images import grid_image, to_uint8, write_png
 
 BALANCES = ("training", "uniform")
 
@@ -123,7 +123,8 @@ def _resolve_label(label: str, class_names: list[str], num_classes: int, path: P
                       + ", ".join(f"{i}={n}" for i, n in enumerate(class_names)))
 
 
-def sample(cfg: SampleConfig) -> SampleResult:
+def _checkpoint_path(cfg: SampleConfig) -> Path:
+    """The checkpoint to sample from, once the options that need no checkpoint are checked."""
     if cfg.checkpoint is not None and cfg.run is not None:
         raise FundusError("give --checkpoint or --run, not both.")
     path = cfg.checkpoint or (cfg.run / ckpt_mod.LATEST if cfg.run is not None else newest_checkpoint())
@@ -136,8 +137,11 @@ def sample(cfg: SampleConfig) -> SampleResult:
     out = Path(cfg.out)
     if out.exists() and not cfg.force:
         raise FundusError(f"{out} already exists. Use --force to overwrite it, or --out to write elsewhere.")
-    ckpt = ckpt_mod.load_checkpoint(path)
-    arch = ckpt["arch"]
+    return path
+
+
+def _scale(cfg: SampleConfig, arch: str) -> float:
+    """--truncation (GAN) or --temperature (VAE): the scale of the latent vectors."""
     if arch == "gan" and cfg.temperature is not None:
         raise FundusError("--temperature is for VAE checkpoints; for a GAN use --truncation.")
     if arch == "vae" and cfg.truncation is not None:
@@ -146,6 +150,30 @@ def sample(cfg: SampleConfig) -> SampleResult:
     scale = 1.0 if scale is None else float(scale)
     if not 0.0 < scale <= 2.0:
         raise FundusError(f"truncation/temperature {scale}: choose a value in (0, 2] (1 = the trained prior).")
+    return scale
+
+
+def _latents_and_labels(cfg: SampleConfig, idx: list[int], sampler: Sampler, fixed_label: int | None,
+                        shares: np.ndarray | None) -> tuple[list[torch.Tensor], list[int]]:
+    """Image i's latent vector and class depend only on (seed, i)."""
+    zs, ys = [], []
+    for i in idx:
+        z, rng = _per_image(cfg.seed, i, sampler.latent_dim)
+        zs.append(z)
+        if fixed_label is not None:
+            ys.append(fixed_label)
+        elif sampler.num_classes:
+            ys.append(i % sampler.num_classes if cfg.class_balance == "uniform"
+                      else int(rng.choice(sampler.num_classes, p=shares)))
+    return zs, ys
+
+
+def sample(cfg: SampleConfig) -> SampleResult:
+    path = _checkpoint_path(cfg)
+    out = Path(cfg.out)
+    ckpt = ckpt_mod.load_checkpoint(path)
+    arch = ckpt["arch"]
+    scale = _scale(cfg, arch)
     device = resolve_device(cfg.device)
     sampler = Sampler(ckpt, device)
     class_names = [str(c) for c in ckpt["class_names"]]
@@ -173,15 +201,7 @@ def sample(cfg: SampleConfig) -> SampleResult:
                           provenance=provenance) as w, track("sampling", cfg.n) as advance:
         for b0 in range((first // cfg.batch) * cfg.batch, last, cfg.batch):
             idx = list(range(b0, b0 + cfg.batch))
-            zs, ys = [], []
-            for i in idx:
-                z, rng = _per_image(cfg.seed, i, sampler.latent_dim)
-                zs.append(z)
-                if fixed_label is not None:
-                    ys.append(fixed_label)
-                elif sampler.num_classes:
-                    ys.append(i % sampler.num_classes if cfg.class_balance == "uniform"
-                              else int(rng.choice(sampler.num_classes, p=shares)))
+            zs, ys = _latents_and_labels(cfg, idx, sampler, fixed_label, shares)
             y = torch.tensor(ys, dtype=torch.long) if ys else None
             images = sampler(torch.stack(zs), y, scale)
             for k, i in enumerate(idx):

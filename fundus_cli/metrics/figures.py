@@ -1,4 +1,4 @@
-"""Figures for the evaluate report: every plot has titles, axis labels and units."""
+"""Figures of the evaluate report: every plot has titles, axis labels and units."""
 
 from __future__ import annotations
 
@@ -7,29 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from fundus_cli.fsio import atomic_path
-from fundus_cli.training.images import grid_image
-
-
-def _plt():  # type: ignore[no-untyped-def]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    _plt().close(fig)
-    return path
+from fundus_cli.images import grid_image
+from fundus_cli.metrics.fundus_stats import SCALAR_STATS
+from fundus_cli.plots import pyplot, save_figure
 
 
 def side_by_side_grids(real: Any, synth: Any, path: Path, *, per_row: int = 6) -> Path:
     """Real | synthetic, one row of each per class (or one row overall when unlabelled)."""
-    plt = _plt()
+    plt = pyplot()
     groups: list[tuple[str, np.ndarray, np.ndarray]] = []
     if real.class_names and synth.class_names == real.class_names:
         for c, name in enumerate(real.class_names):
@@ -48,12 +33,12 @@ def side_by_side_grids(real: Any, synth: Any, path: Path, *, per_row: int = 6) -
                 ax.text(0.5, 0.5, "no images", ha="center", va="center")
             ax.set_title(f"{what}: {name}", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def metric_bars(overall: dict[str, Any], path: Path) -> Path:
     """One panel per metric: synthetic vs the real-vs-real baseline, with 95 % CIs."""
-    plt = _plt()
+    plt = pyplot()
     names = list(overall["synthetic"])
     fig, axes = plt.subplots(1, len(names), figsize=(2.4 * len(names), 3.0), squeeze=False)
     for ax, k in zip(axes[0], names):
@@ -71,13 +56,12 @@ def metric_bars(overall: dict[str, Any], path: Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"realism: {overall['n_compared']} synthetic (or real training) vs {overall['n_real']} real holdout images, 95 % CI", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def stat_histograms(per_image: dict[str, dict[str, np.ndarray]], path: Path) -> Path:
     """Distributions of each fundus statistic: real holdout, synthetic, real train."""
-    plt = _plt()
-    from fundus_cli.metrics.fundus_stats import SCALAR_STATS
+    plt = pyplot()
 
     units = {"vessel_density": "share of field of view", "sharpness": "Laplacian variance",
              "disc_brightness": "luminance (0-255)"}
@@ -104,4 +88,29 @@ def stat_histograms(per_image: dict[str, dict[str, np.ndarray]], path: Path) -> 
     ax.set_xlabel("grey level")
     ax.set_ylabel("share of pixels")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+def learning_curve(useful: dict[str, Any], path: Path) -> Path:
+    """Balanced accuracy against the share of real images, without and with the synthetic ones."""
+    from fundus_cli.metrics.usefulness import scenario_name
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    fractions = sorted(useful["fractions"] + ([1.0] if 1.0 not in useful["fractions"] else []))
+    sc = useful["scenarios"]
+    for with_synth, colour, label in ((False, "tab:blue", "real only"), (True, "tab:orange", "real + synthetic")):
+        rows = [sc[scenario_name(f, with_synth)]["balanced_accuracy"] for f in fractions]
+        ax.errorbar([100 * f for f in fractions], [r["value"] for r in rows],
+                    yerr=[[r["value"] - r["ci_low"] for r in rows], [r["ci_high"] - r["value"] for r in rows]],
+                    marker="o", capsize=3, color=colour, label=label)
+    if "synthetic" in sc:
+        ax.axhline(sc["synthetic"]["balanced_accuracy"]["value"], color="tab:green", ls="--", label="synthetic only")
+    ax.axhline(useful["summary"]["chance_balanced_accuracy"], color="grey", ls=":", label="chance")
+    ax.set_xlabel("share of the real training images (%)")
+    ax.set_ylabel("balanced accuracy on the real holdout")
+    ax.set_title(f"learning curve ({useful['seeds']} seeds, 95 % CI over test images)", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -20,6 +20,7 @@ real training set).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,16 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from fundus_cli import __version__
 from fundus_cli.data import h5
 from fundus_cli.data.dataset import resize_batch
 from fundus_cli.errors import FundusError
-from fundus_cli.fsio import write_json_atomic
 from fundus_cli.metrics.bootstrap import bootstrap_cis, cis_overlap
 from fundus_cli.metrics.features import RandomCNN
 from fundus_cli.metrics.fundus_stats import SCALAR_STATS, fundus_stats, stat_distances
 from fundus_cli.metrics.registry import resolve_metrics
 from fundus_cli.metrics.usefulness import Recipe
+from fundus_cli.schemas.evaluate_report import EVALUATE_REPORT
 from fundus_cli.progress import line, track
 
 FEATURES = ("random", "fundus", "inception", "classifier")
@@ -117,6 +117,51 @@ def _sizes(cfg: EvaluateConfig) -> dict[str, int]:
 
 def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     started = time.perf_counter()
+    metrics = _check_options(cfg)
+    out = Path(cfg.out)
+    report_path = out / "report.json"
+    if report_path.exists() and not cfg.force:
+        raise FundusError(f"{report_path} already exists. Use --force to overwrite it, or --out for another folder.")
+    notes: list[str] = []
+    real, synth, train, size = _load_inputs(cfg, notes)
+    # One mask for every image: the disc that most real holdout images cover. Differences
+    # in the surround (black in both) must not count, nor must a cut-off disc.
+    mask = (real.masks.mean(0) > 0.5) & (synth.masks.mean(0) > 0.5)
+
+    def stage(text: str) -> None:
+        line(f"evaluate: {text} ({time.perf_counter() - started:.0f} s)")
+
+    recipe = Recipe(min_steps=cfg.usefulness_steps, size=min(cfg.usefulness_size, size))
+    stage(f"loaded {len(real.images)} real, {len(synth.images)} synthetic"
+          + (f", {len(train.images)} training images" if train is not None else "") + f" at {size} px")
+    extractor, features_record = _extractor(cfg, train, recipe, notes)
+    feats = _features(cfg, extractor, mask, real, synth, train)
+    stage(f"{cfg.features} features extracted")
+    realism = _realism(real, synth, train, feats, metrics, cfg, notes, mask)
+    stage("realism metrics and their intervals done")
+    stats = _fundus_statistics(real, synth, train, mask)
+    stage("fundus statistics done")
+    useful = _usefulness(cfg, real, synth, train, recipe, extractor, stage, notes)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = _figures(out, real, synth, realism, stats, useful)
+    report = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()} | {"size": size},
+        "inputs": {s.name: {"path": str(s.path), "fingerprint": s.fingerprint, "images": int(len(s.images))}
+                   for s in (real, synth, train) if s is not None},
+        "features": features_record,
+        "realism": realism,
+        "fundus_statistics": stats["distances"],
+        "usefulness": useful,
+        "notes": notes,
+        "figures": [str(f) for f in figures],
+    }
+    EVALUATE_REPORT.write(report_path, report)
+    return EvaluateResult(out=out, report=report_path, realism=realism, usefulness=useful, notes=notes,
+                          figures=figures)
+
+
+def _check_options(cfg: EvaluateConfig) -> dict:
+    """The options that can be refused before any image is read; returns the realism metrics."""
     if cfg.features not in FEATURES:
         raise FundusError(f"--features {cfg.features!r}: choose from {', '.join(FEATURES)} (fundus: a descriptor of "
                           "colour, detail, vessels and texture; random: a fixed random CNN, offline; inception: "
@@ -129,13 +174,12 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         from fundus_cli.metrics.inception import resolve_weights
 
         resolve_weights(cfg.weights)  # a missing file fails before any work
-    metrics = resolve_metrics(cfg.metrics)
-    out = Path(cfg.out)
-    report_path = out / "report.json"
-    if report_path.exists() and not cfg.force:
-        raise FundusError(f"{report_path} already exists. Use --force to overwrite it, or --out for another folder.")
+    return resolve_metrics(cfg.metrics)
+
+
+def _load_inputs(cfg: EvaluateConfig, notes: list[str]) -> tuple[_Set, _Set, _Set | None, int]:
+    """The real, synthetic and (when present) training sets at one comparison size, and that size."""
     train_path = cfg.train if cfg.train is not None and Path(cfg.train).exists() else None
-    notes: list[str] = []
     if cfg.train is not None and train_path is None:
         notes.append(f"no {cfg.train}: no real-vs-real baseline and no usefulness test")
     sizes = _sizes(EvaluateConfig(real=cfg.real, synthetic=cfg.synthetic, train=train_path))
@@ -146,20 +190,15 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     real = _load("real", cfg.real, size, notes)
     synth = _load("synthetic", cfg.synthetic, size, notes)
     train = _load("train", train_path, size, notes) if train_path is not None else None
-    # One mask for every image: the disc that most real holdout images cover. Differences
-    # in the surround (black in both) must not count, nor must a cut-off disc.
-    mask = (real.masks.mean(0) > 0.5) & (synth.masks.mean(0) > 0.5)
     if train is not None and real.class_names != train.class_names:
         raise FundusError(f"{cfg.real} and {train_path} have different classes ({list(real.class_names)} vs "
                           f"{list(train.class_names)}); they must come from one ingest.")
+    return real, synth, train, size
 
-    def stage(text: str) -> None:
-        line(f"evaluate: {text} ({time.perf_counter() - started:.0f} s)")
 
-    recipe = Recipe(min_steps=cfg.usefulness_steps, size=min(cfg.usefulness_size, size))
-    stage(f"loaded {len(real.images)} real, {len(synth.images)} synthetic"
-          + (f", {len(train.images)} training images" if train is not None else "") + f" at {size} px")
-    extractor, features_record = _extractor(cfg, train, recipe, notes)
+def _features(cfg: EvaluateConfig, extractor: Any, mask: np.ndarray, real: _Set, synth: _Set,
+              train: _Set | None) -> dict[str, np.ndarray]:
+    """Each set's features (the fundus descriptor standardised on the real set)."""
     with track("features", 3 if train is not None else 2, unit="set") as advance:
         feats = {}
         for s in (real, synth, train):
@@ -171,63 +210,52 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     if cfg.features == "fundus":
         names = list(feats)
         feats = dict(zip(names, standardise(feats["real"], [feats[k] for k in names])))
+    return feats
 
-    stage(f"{cfg.features} features extracted")
-    realism = _realism(real, synth, train, feats, metrics, cfg, notes, mask)
-    stage("realism metrics and their intervals done")
-    stats = _fundus_statistics(real, synth, train, mask)
-    stage("fundus statistics done")
-    useful = None
+
+def _usefulness(cfg: EvaluateConfig, real: _Set, synth: _Set, train: _Set | None, recipe: Recipe, extractor: Any,
+                stage: Callable[[str], None], notes: list[str]) -> dict[str, Any] | None:
+    """Train-on-synthetic, test-on-real classifiers, when every set is labelled with the same classes."""
     labelled = (len(real.class_names) >= 2 and (real.labels >= 0).all() and (synth.labels >= 0).all()
                 and train is not None and (train.labels >= 0).all())
-    if cfg.usefulness and labelled and synth.class_names == real.class_names:
-        from fundus_cli.metrics.usefulness import summarise, usefulness
+    if not (cfg.usefulness and labelled and synth.class_names == real.class_names):
+        if cfg.usefulness:
+            why = ("the synthetic set has other classes than the real data" if labelled else
+                   "it needs labels on the training, holdout and synthetic sets (a conditional model)")
+            notes.append(f"usefulness test skipped: {why}")
+        return None
+    from fundus_cli.metrics.usefulness import summarise, usefulness
 
-        result = usefulness(train.images, train.labels, real.images, real.labels, synth.images, synth.labels,
-                            n_classes=len(real.class_names), seed=cfg.seed, recipe=recipe,
-                            seeds=cfg.usefulness_seeds, fractions=cfg.usefulness_fractions,
-                            trained={"real": extractor.model} if cfg.features == "classifier" else None,
-                            on_stage=stage)
-        summary = summarise(result, len(real.class_names))
-        for row in result["label_fidelity"]:
-            row["class"] = real.class_names[row["class_index"]]
-        useful = {"scenarios": result["scenarios"], "gains": None if summary["withheld_reason"] else result["gains"],
-                  "label_fidelity": result["label_fidelity"], "summary": summary,
-                  "withheld_reason": summary["withheld_reason"], "recipe": recipe.__dict__,
-                  "seeds": cfg.usefulness_seeds, "fractions": list(cfg.usefulness_fractions)}
-        stage("usefulness done")
-        if summary["withheld_reason"]:
-            notes.append(f"usefulness: {summary['withheld_reason']}")
-    elif cfg.usefulness:
-        why = ("the synthetic set has other classes than the real data" if labelled else
-               "it needs labels on the training, holdout and synthetic sets (a conditional model)")
-        notes.append(f"usefulness test skipped: {why}")
+    assert train is not None
+    result = usefulness(train.images, train.labels, real.images, real.labels, synth.images, synth.labels,
+                        n_classes=len(real.class_names), seed=cfg.seed, recipe=recipe,
+                        seeds=cfg.usefulness_seeds, fractions=cfg.usefulness_fractions,
+                        trained={"real": extractor.model} if cfg.features == "classifier" else None,
+                        on_stage=stage)
+    summary = summarise(result, len(real.class_names))
+    for row in result["label_fidelity"]:
+        row["class"] = real.class_names[row["class_index"]]
+    useful = {"scenarios": result["scenarios"], "gains": None if summary["withheld_reason"] else result["gains"],
+              "label_fidelity": result["label_fidelity"], "summary": summary,
+              "withheld_reason": summary["withheld_reason"], "recipe": recipe.__dict__,
+              "seeds": cfg.usefulness_seeds, "fractions": list(cfg.usefulness_fractions)}
+    stage("usefulness done")
+    if summary["withheld_reason"]:
+        notes.append(f"usefulness: {summary['withheld_reason']}")
+    return useful
 
-    out.mkdir(parents=True, exist_ok=True)
-    from fundus_cli.report_plots import metric_bars, side_by_side_grids, stat_histograms
+
+def _figures(out: Path, real: _Set, synth: _Set, realism: dict[str, Any], stats: dict[str, Any],
+             useful: dict[str, Any] | None) -> list[Path]:
+    from fundus_cli.metrics.figures import learning_curve, metric_bars, side_by_side_grids, stat_histograms
 
     figures = [side_by_side_grids(real, synth, out / "grids.png")]
     if realism["overall"]["synthetic"]:  # empty when every metric was skipped for want of images
         figures.append(metric_bars(realism["overall"], out / "metrics.png"))
     figures.append(stat_histograms(stats["per_image"], out / "fundus-stats.png"))
     if useful is not None:
-        figures.append(_learning_curve(useful, out / "learning-curve.png"))
-    report = {
-        "format": "fundus-cli evaluate report",
-        "fundus_cli_version": __version__,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()} | {"size": size},
-        "inputs": {s.name: {"path": str(s.path), "fingerprint": s.fingerprint, "images": int(len(s.images))}
-                   for s in (real, synth, train) if s is not None},
-        "features": features_record,
-        "realism": realism,
-        "fundus_statistics": stats["distances"],
-        "usefulness": useful,
-        "notes": notes,
-        "figures": [str(f) for f in figures],
-    }
-    write_json_atomic(report_path, report)
-    return EvaluateResult(out=out, report=report_path, realism=realism, usefulness=useful, notes=notes,
-                          figures=figures)
+        figures.append(learning_curve(useful, out / "learning-curve.png"))
+    return figures
 
 
 def _extractor(cfg: EvaluateConfig, train: _Set | None, recipe: Recipe,
@@ -363,29 +391,3 @@ def _fundus_statistics(real: _Set, synth: _Set, train: _Set | None, mask: np.nda
         dist["train_vs_real"] = stat_distances(per["real"], per["train"])
     dist["means"] = {name: {k: float(np.mean(v[k])) for k in SCALAR_STATS} for name, v in per.items()}
     return {"per_image": per, "distances": dist}
-
-
-def _learning_curve(useful: dict[str, Any], path: Path) -> Path:
-    """Balanced accuracy against the share of real images, without and with the synthetic ones."""
-    from fundus_cli.report_plots import _plt, _save
-    from fundus_cli.metrics.usefulness import scenario_name
-
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.0, 3.4))
-    fractions = sorted(useful["fractions"] + ([1.0] if 1.0 not in useful["fractions"] else []))
-    sc = useful["scenarios"]
-    for with_synth, colour, label in ((False, "tab:blue", "real only"), (True, "tab:orange", "real + synthetic")):
-        rows = [sc[scenario_name(f, with_synth)]["balanced_accuracy"] for f in fractions]
-        ax.errorbar([100 * f for f in fractions], [r["value"] for r in rows],
-                    yerr=[[r["value"] - r["ci_low"] for r in rows], [r["ci_high"] - r["value"] for r in rows]],
-                    marker="o", capsize=3, color=colour, label=label)
-    if "synthetic" in sc:
-        ax.axhline(sc["synthetic"]["balanced_accuracy"]["value"], color="tab:green", ls="--", label="synthetic only")
-    ax.axhline(useful["summary"]["chance_balanced_accuracy"], color="grey", ls=":", label="chance")
-    ax.set_xlabel("share of the real training images (%)")
-    ax.set_ylabel("balanced accuracy on the real holdout")
-    ax.set_title(f"learning curve ({useful['seeds']} seeds, 95 % CI over test images)", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, path)

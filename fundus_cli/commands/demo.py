@@ -1,8 +1,8 @@
 """`fundus demo`: the whole pipeline on built-in phantom photographs, inside one folder.
 
 phantoms -> ingest -> train a conditional VAE and GAN (`--preset demo`) -> sample from each ->
-evaluate each -> audit each for privacy -> report.html. Each step calls the `api` function of
-one command, in this process, and first tells `log` the equivalent shell command, so that
+evaluate each -> audit each for privacy -> report.html. Each step calls the module of one
+command (`fundus_cli.commands.*`), in this process, and first tells `log` the equivalent shell command, so that
 any step can be rerun or changed by hand in the demo folder.
 
 Running it again continues: a step whose outputs exist and are newer than its inputs is
@@ -20,14 +20,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fundus_cli import __version__, api
 from fundus_cli.errors import FundusError
-from fundus_cli.fsio import write_json_atomic
+from fundus_cli.schemas import audit_report, demo_record, read_json
+from fundus_cli.schemas.demo_record import DEMO_RECORD
+
+if TYPE_CHECKING:
+    from fundus_cli.commands.report import ReportResult
 
 SUMMARY = "demo.json"
-SUMMARY_FORMAT = "fundus-cli demo summary"
 ARCHS = ("vae", "gan")
 MIN_PHOTOS = 60  # below this the holdout (a fifth) is too small for evaluate's PRDC intervals
 # --quick: a smoke test of every step in about a minute; the models learn nothing useful.
@@ -131,11 +133,10 @@ def _check_folder(cfg: DemoConfig, settings: dict[str, Any]) -> None:
     if not summary.is_file():
         raise FundusError(f"{out} is not empty and holds no {SUMMARY}, so it is not a demo folder. Choose a new or "
                           "empty folder, or add --force to write the demo into it.")
-    import json
-
     try:
-        before = json.loads(summary.read_text(encoding="utf-8")).get("settings", {})
-    except (OSError, ValueError, AttributeError):
+        record = read_json(summary)
+        before = demo_record.settings(record) or ({} if isinstance(record, dict) else None)
+    except (OSError, FundusError):
         before = None
     if before != settings:
         diff = ", ".join(f"{k}: {before.get(k)!r} -> {v!r}" for k, v in settings.items()
@@ -144,45 +145,80 @@ def _check_folder(cfg: DemoConfig, settings: dict[str, Any]) -> None:
                           "continue it, add --force to redo every step with the new ones, or choose another folder.")
 
 
-def _steps(cfg: DemoConfig, s: dict[str, Any], log: Callable[[str], None], state: _State) -> list[_Step]:
-    from fundus_cli.audit import AuditConfig
+TRAIN_H5, HOLDOUT_H5 = "data/train.h5", "data/holdout.h5"
 
-    out = Path(cfg.out)
-    seed = cfg.seed
+# The other commands' modules are imported inside the functions below (not at the top) so that
+# `fundus demo --help` stays light, and called through their module so that a test can replace one.
+
+
+def _steps(cfg: DemoConfig, s: dict[str, Any], log: Callable[[str], None], state: _State) -> list[_Step]:
+    """Every step of the demo, in order, with its command line, inputs, outputs and api call."""
     dev = [] if cfg.device == "auto" else ["--device", cfg.device]
-    train_h5, holdout_h5 = "data/train.h5", "data/holdout.h5"
-    steps = [
+    return [*_data_steps(cfg, s), *_train_steps(cfg, s, log, dev), *_sample_steps(cfg, s, dev),
+            *_evaluate_steps(cfg, s), *_audit_steps(cfg, s, state, dev)]
+
+
+def _data_steps(cfg: DemoConfig, s: dict[str, Any]) -> list[_Step]:
+    from fundus_cli.commands import ingest as ingest_cmd
+    from fundus_cli.commands import phantoms as phantoms_cmd
+
+    out, seed = Path(cfg.out), cfg.seed
+    return [
         _Step("phantoms", ["phantoms", "raw", "--n", str(s["n_photos"]), "--seed", str(seed)], [], ["raw/labels.csv"],
-              lambda force: api.phantoms(out / "raw", n=s["n_photos"], seed=seed, overwrite=force)),
+              lambda force: phantoms_cmd.make_phantoms(out / "raw", n=s["n_photos"], seed=seed, overwrite=force)),
         _Step("ingest", ["ingest", "raw", "--size", str(s["size"]), "--seed", str(seed),
                          *([] if s["workers"] is None else ["--workers", str(s["workers"])])], ["raw/labels.csv"],
-              [train_h5, holdout_h5, "data/ingest-report.json"],
-              lambda force: api.ingest(api.IngestConfig(raw=out / "raw", out=out / "data", size=s["size"], seed=seed,
-                                                        workers=s["workers"] or 0, force=force))),
+              [TRAIN_H5, HOLDOUT_H5, "data/ingest-report.json"],
+              lambda force: ingest_cmd.ingest(ingest_cmd.IngestConfig(
+                  raw=out / "raw", out=out / "data", size=s["size"], seed=seed, workers=s["workers"] or 0,
+                  force=force))),
     ]
+
+
+def _train_steps(cfg: DemoConfig, s: dict[str, Any], log: Callable[[str], None], dev: list[str]) -> list[_Step]:
+    from fundus_cli.commands import train as train_cmd
+
+    out, seed = Path(cfg.out), cfg.seed
     extra: list[str] = []
     for flag, key in (("--steps", "steps"), ("--batch", "batch"), ("--width", "width")):
         if s[key] is not None:
             extra += [flag, str(s[key])]
+    steps = []
     for arch in ARCHS:
         def train(force: bool, arch: str = arch) -> Any:
             resume = not force and _training_left(out / "runs" / arch)
-            return api.train(api.TrainConfig(data=out / train_h5, arch=arch, out=out / "runs" / arch, preset="demo",
-                                             size=s["size"], steps=s["steps"], batch=s["batch"], width=s["width"],
-                                             seed=seed, device=cfg.device, conditional=True, resume=resume,
-                                             force=force), log=log)
+            return train_cmd.train(train_cmd.TrainConfig(
+                data=out / TRAIN_H5, arch=arch, out=out / "runs" / arch, preset="demo", size=s["size"],
+                steps=s["steps"], batch=s["batch"], width=s["width"], seed=seed, device=cfg.device, conditional=True,
+                resume=resume, force=force), log=log)
 
         steps.append(_Step(f"train {arch}", ["train", "--arch", arch, "--preset", "demo", "--conditional", "--size",
                                              str(s["size"]), *extra, "--seed", str(seed), *dev],
-                           [train_h5], [f"runs/{arch}/checkpoint.pt"], train, resumable=True))
+                           [TRAIN_H5], [f"runs/{arch}/checkpoint.pt"], train, resumable=True))
+    return steps
+
+
+def _sample_steps(cfg: DemoConfig, s: dict[str, Any], dev: list[str]) -> list[_Step]:
+    from fundus_cli.commands import sample as sample_cmd
+
+    out, seed = Path(cfg.out), cfg.seed
+    steps = []
     for arch in ARCHS:
         syn = f"data/synthetic-{arch}.h5"
         steps.append(_Step(
             f"sample {arch}", ["sample", "--run", f"runs/{arch}", "--n", str(s["n_sample"]), "--out", syn,
                                "--seed", str(seed), *dev],
             [f"runs/{arch}/checkpoint.pt"], [syn],
-            lambda force, arch=arch, syn=syn: api.sample(api.SampleConfig(
+            lambda force, arch=arch, syn=syn: sample_cmd.sample(sample_cmd.SampleConfig(
                 run=out / "runs" / arch, n=s["n_sample"], out=out / syn, seed=seed, device=cfg.device, force=force))))
+    return steps
+
+
+def _evaluate_steps(cfg: DemoConfig, s: dict[str, Any]) -> list[_Step]:
+    from fundus_cli.commands import evaluate as evaluate_cmd
+
+    out, seed = Path(cfg.out), cfg.seed
+    steps = []
     for arch in ARCHS:
         syn = f"data/synthetic-{arch}.h5"
         rep = f"reports/evaluate-{arch}"
@@ -191,10 +227,18 @@ def _steps(cfg: DemoConfig, s: dict[str, Any], log: Callable[[str], None], state
         for k, v in opts.items():
             argv += [] if v is None else [f"--{k.replace('_', '-')}", str(v)]
         steps.append(_Step(
-            f"evaluate {arch}", argv, [holdout_h5, syn, train_h5], [f"{rep}/report.json"],
-            lambda force, syn=syn, rep=rep, opts=opts: api.evaluate(api.EvaluateConfig(
-                real=out / holdout_h5, synthetic=out / syn, train=out / train_h5, out=out / rep, seed=seed,
+            f"evaluate {arch}", argv, [HOLDOUT_H5, syn, TRAIN_H5], [f"{rep}/report.json"],
+            lambda force, syn=syn, rep=rep, opts=opts: evaluate_cmd.evaluate(evaluate_cmd.EvaluateConfig(
+                real=out / HOLDOUT_H5, synthetic=out / syn, train=out / TRAIN_H5, out=out / rep, seed=seed,
                 force=force, **{k: v for k, v in opts.items() if v is not None}))))
+    return steps
+
+
+def _audit_steps(cfg: DemoConfig, s: dict[str, Any], state: _State, dev: list[str]) -> list[_Step]:
+    from fundus_cli.commands import audit as audit_cmd
+
+    out, seed = Path(cfg.out), cfg.seed
+    steps = []
     for arch in ARCHS:
         syn = f"data/synthetic-{arch}.h5"
         rep = f"reports/audit-privacy-{arch}"
@@ -202,36 +246,92 @@ def _steps(cfg: DemoConfig, s: dict[str, Any], log: Callable[[str], None], state
 
         def audit(force: bool, arch: str = arch, syn: str = syn, rep: str = rep) -> Any:
             extra_cfg = {} if s["encoder_steps"] is None else {"encoder_steps": s["encoder_steps"]}
-            r = api.audit_privacy(AuditConfig(train=out / train_h5, holdout=out / holdout_h5, synthetic=out / syn,
-                                              out=out / rep, seed=seed, device=cfg.device, force=force, **extra_cfg))
+            r = audit_cmd.audit_privacy(audit_cmd.AuditConfig(
+                train=out / TRAIN_H5, holdout=out / HOLDOUT_H5, synthetic=out / syn, out=out / rep, seed=seed,
+                device=cfg.device, force=force, **extra_cfg))
             state.verdicts[arch] = r.decision
             return r
 
         steps.append(_Step(f"audit-privacy {arch}", ["audit-privacy", "--synthetic", syn, "--out", rep, "--seed",
                                                      str(seed), *enc, *dev],
-                           [train_h5, holdout_h5, syn], [f"{rep}/report.json"], audit))
+                           [TRAIN_H5, HOLDOUT_H5, syn], [f"{rep}/report.json"], audit))
     return steps
 
 
 def _write_summary(state: _State, status: str) -> Path:
     out = Path(state.cfg.out)
     path = out / SUMMARY
-    write_json_atomic(path, {
-        "format": SUMMARY_FORMAT, "fundus_cli_version": __version__, "status": status,
+    DEMO_RECORD.write(path, {
+        "status": status,
         "settings": state.settings, "device": state.cfg.device, "steps": state.steps,
         "seconds": round(time.perf_counter() - state.started, 3), "verdicts": state.verdicts,
         "report": "report.html"})
     return path
 
 
-def _verdict_from_file(report: Path) -> str | None:
-    import json
-
+def _run_step(step: _Step, state: _State, log: Callable[[str], None]) -> None:
+    """Skip the step when its outputs are newer than its inputs, else run (or resume) it, and record it."""
+    cfg, out = state.cfg, Path(state.cfg.out)
+    cd = f"cd {shlex.quote(str(out))} && "
+    command = "fundus " + shlex.join(step.argv)
+    resume = (step.resumable and not cfg.force and _done(out, step)
+              and _training_left(out / Path(step.outputs[0]).parent))
+    if not cfg.force and _done(out, step) and not resume:
+        log(f"[skip] {step.name}: done ({', '.join(step.outputs)} newer than its inputs). To redo it: "
+            f"{cd}{command} --force")
+        state.steps.append({"name": step.name, "command": command, "status": "skipped", "seconds": 0.0})
+        if step.name.startswith("audit-privacy"):
+            arch = step.name.split()[-1]
+            if (v := _verdict_from_file(out / step.outputs[0])) is not None:
+                state.verdicts[arch] = v
+        return
+    # Remake an output that exists but is stale (or everything under --force); phantoms
+    # writes only into a fresh folder, so a partial raw/ (no labels.csv yet) is redone too.
+    force = cfg.force or (not resume and (any((out / p).exists() for p in step.outputs)
+                                          or (step.name == "phantoms" and (out / "raw").exists())))
+    shown = command + (" --resume" if resume else " --force" if force else "")
+    log(f"$ {cd}{shown}")
+    t0 = time.perf_counter()
     try:
-        status = json.loads(report.read_text(encoding="utf-8"))["decision"]["status"]
-    except (OSError, ValueError, KeyError, TypeError):
+        result = step.run(force)
+    except FundusError as e:
+        raise FundusError(f"demo step '{step.name}' ({shown}): {e}") from None
+    secs = time.perf_counter() - t0
+    if getattr(result, "interrupted", False):
+        state.steps.append({"name": step.name, "command": shown, "status": "interrupted",
+                            "seconds": round(secs, 3)})
+        _write_summary(state, "interrupted")
+        raise KeyboardInterrupt
+    state.steps.append({"name": step.name, "command": shown, "status": "resumed" if resume else "ran",
+                        "seconds": round(secs, 3)})
+    log(f"  {step.name}: {secs:.1f} s")
+    if step.name.startswith("audit-privacy"):
+        arch = step.name.split()[-1]
+        log(f"  privacy audit of data/synthetic-{arch}.h5: {state.verdicts.get(arch)}"
+            + (" (the demo goes on; report.html shows why)" if state.verdicts.get(arch) == "FAIL" else ""))
+    _write_summary(state, "running")
+
+
+def _report(state: _State, log: Callable[[str], None]) -> ReportResult:
+    """The last step, always run: report.html is a view of the other files."""
+    from fundus_cli.commands.report import write_report
+
+    out = Path(state.cfg.out)
+    log(f"$ cd {shlex.quote(str(out))} && fundus report . --out report.html")
+    t0 = time.perf_counter()
+    rep = write_report(out, out=out / "report.html")
+    secs = time.perf_counter() - t0
+    log(f"  report: {secs:.1f} s")
+    state.steps.append({"name": "report", "command": "fundus report . --out report.html", "status": "ran",
+                        "seconds": round(secs, 3)})
+    return rep
+
+
+def _verdict_from_file(report: Path) -> str | None:
+    try:
+        return audit_report.verdict(read_json(report))
+    except (OSError, FundusError):
         return None
-    return status if isinstance(status, str) else None
 
 
 def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda s: None) -> DemoResult:
@@ -241,54 +341,11 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = lambda s: None) ->
     out.mkdir(parents=True, exist_ok=True)
     state = _State(cfg=cfg, settings=settings)
     _write_summary(state, "running")
-    cd = f"cd {shlex.quote(str(out))} && "
     try:
         for step in _steps(cfg, settings, log, state):
-            command = "fundus " + shlex.join(step.argv)
-            resume = (step.resumable and not cfg.force and _done(out, step)
-                      and _training_left(out / Path(step.outputs[0]).parent))
-            if not cfg.force and _done(out, step) and not resume:
-                log(f"[skip] {step.name}: done ({', '.join(step.outputs)} newer than its inputs). To redo it: "
-                    f"{cd}{command} --force")
-                state.steps.append({"name": step.name, "command": command, "status": "skipped", "seconds": 0.0})
-                if step.name.startswith("audit-privacy"):
-                    arch = step.name.split()[-1]
-                    if (v := _verdict_from_file(out / step.outputs[0])) is not None:
-                        state.verdicts[arch] = v
-                continue
-            # Remake an output that exists but is stale (or everything under --force); phantoms
-            # writes only into a fresh folder, so a partial raw/ (no labels.csv yet) is redone too.
-            force = cfg.force or (not resume and (any((out / p).exists() for p in step.outputs)
-                                                  or (step.name == "phantoms" and (out / "raw").exists())))
-            shown = command + (" --resume" if resume else " --force" if force else "")
-            log(f"$ {cd}{shown}")
-            t0 = time.perf_counter()
-            try:
-                result = step.run(force)
-            except FundusError as e:
-                raise FundusError(f"demo step '{step.name}' ({shown}): {e}") from None
-            secs = time.perf_counter() - t0
-            if getattr(result, "interrupted", False):
-                state.steps.append({"name": step.name, "command": shown, "status": "interrupted",
-                                    "seconds": round(secs, 3)})
-                _write_summary(state, "interrupted")
-                raise KeyboardInterrupt
-            state.steps.append({"name": step.name, "command": shown, "status": "resumed" if resume else "ran",
-                                "seconds": round(secs, 3)})
-            log(f"  {step.name}: {secs:.1f} s")
-            if step.name.startswith("audit-privacy"):
-                arch = step.name.split()[-1]
-                log(f"  privacy audit of data/synthetic-{arch}.h5: {state.verdicts.get(arch)}"
-                    + (" (the demo goes on; report.html shows why)" if state.verdicts.get(arch) == "FAIL" else ""))
-            _write_summary(state, "running")
+            _run_step(step, state, log)
         _write_summary(state, "finished")
-        log(f"$ {cd}fundus report . --out report.html")
-        t0 = time.perf_counter()
-        rep = api.report(out, out=out / "report.html")
-        secs = time.perf_counter() - t0
-        log(f"  report: {secs:.1f} s")
-        state.steps.append({"name": "report", "command": "fundus report . --out report.html", "status": "ran",
-                            "seconds": round(secs, 3)})
+        rep = _report(state, log)
     except KeyboardInterrupt:
         _write_summary(state, "interrupted")
         raise
