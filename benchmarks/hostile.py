@@ -135,7 +135,8 @@ def build(root: Path) -> list[Case]:
     from fundus_cli.data import h5
     from fundus_cli.commands.ingest import stage as ingest_mod
     from fundus_cli.fsio import LOCK_NAME
-    from fundus_cli.training.loop import TrainConfig, train
+    from fundus_cli.training.config import TrainConfig
+    from fundus_cli.training.loop import train
 
     raw = _phantoms(root / "raw")
     data = _ingest(raw, root / "data")

@@ -24,7 +24,8 @@ import torch
 
 from fundus_cli.commands.ingest import IngestConfig, ingest
 from fundus_cli.data.phantoms import write_phantoms
-from fundus_cli.training.loop import TrainConfig, hyperparameters, model_config, resolve, train
+from fundus_cli.training.config import TrainConfig, hyperparameters, model_config, resolve
+from fundus_cli.training.loop import train
 from fundus_cli.training.trainers import TRAINERS
 
 

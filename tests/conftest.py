@@ -66,7 +66,8 @@ def tiny_runs(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     """Checkpoints of a conditional GAN and an unconditional VAE trained for 3 steps at 32 px."""
     import torch
 
-    from fundus_cli.training.loop import TrainConfig, train
+    from fundus_cli.training.config import TrainConfig
+    from fundus_cli.training.loop import train
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("runs")

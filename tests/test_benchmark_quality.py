@@ -40,7 +40,7 @@ def test_contestants_are_defined_against_real_settings(bench) -> None:
     # a typo, or a setting since retired; either way the definition needs a look.
     import dataclasses
 
-    from fundus_cli.training.loop import TrainConfig
+    from fundus_cli.training.config import TrainConfig
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     for name, spec in bench.CONTESTANTS.items():

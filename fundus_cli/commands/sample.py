@@ -21,7 +21,7 @@ from fundus_cli.data import h5
 from fundus_cli.data.quality import phash, quality_measures
 from fundus_cli.errors import FundusError
 from fundus_cli.fsio import sha256_file
-from fundus_cli.models import build_model
+from fundus_cli.models.registry import ARCHITECTURES, architecture
 from fundus_cli.progress import track
 from fundus_cli.training import checkpoint as ckpt_mod
 from fundus_cli.device import resolve_device
@@ -81,16 +81,12 @@ class Sampler:
         self.latent_dim = int(mc["latent_dim"])
         self.num_classes = int(mc.get("num_classes", 0))
         self.image_size = int(mc["image_size"])
-        model = build_model(self.arch, mc)
-        ema = ckpt.get("ema") or {}
-        if self.arch == "gan":
-            net = model.generator
-            net.load_state_dict(ema.get("generator") or ckpt["models"]["generator"])
-        elif self.arch == "vae":
-            model.load_state_dict(ema.get("vae") or ckpt["models"]["vae"])
-            net = model
-        else:
+        if self.arch not in ARCHITECTURES:
             raise FundusError(f"checkpoint architecture {self.arch!r} cannot be sampled")
+        self.spec = ARCHITECTURES[self.arch]
+        net = self.spec.network(self.spec.build(mc), self.spec.sampler)
+        ema = ckpt.get("ema") or {}
+        net.load_state_dict(ema.get(self.spec.sampler) or ckpt["models"][self.spec.sampler])
         self.net = net.to(device).eval()
         mask = dict(net.named_buffers()).get("fov_mask")
         self.mask = (mask.detach().cpu().numpy().reshape(self.image_size, self.image_size) > 0.5) \
@@ -100,7 +96,7 @@ class Sampler:
     def __call__(self, z: torch.Tensor, y: torch.Tensor | None, scale: float) -> np.ndarray:
         z = (z * scale).to(self.device)
         y = None if y is None else y.to(self.device)
-        x = self.net(z, y) if self.arch == "gan" else self.net.decode(z, y)
+        x = self.spec.draw(self.net, z, y)
         return to_uint8(x)
 
 
@@ -141,12 +137,13 @@ def _checkpoint_path(cfg: SampleConfig) -> Path:
 
 
 def _scale(cfg: SampleConfig, arch: str) -> float:
-    """--truncation (GAN) or --temperature (VAE): the scale of the latent vectors."""
-    if arch == "gan" and cfg.temperature is not None:
-        raise FundusError("--temperature is for VAE checkpoints; for a GAN use --truncation.")
-    if arch == "vae" and cfg.truncation is not None:
-        raise FundusError("--truncation is for GAN checkpoints; for a VAE use --temperature.")
-    scale = cfg.truncation if arch == "gan" else cfg.temperature
+    """--truncation (GAN) or --temperature (VAE), as the architecture says: the scale of the latent vectors."""
+    option = architecture(arch).scale_option
+    for other in ("truncation", "temperature"):
+        if other != option and getattr(cfg, other) is not None:
+            users = "/".join(a.name.upper() for a in ARCHITECTURES.values() if a.scale_option == other)
+            raise FundusError(f"--{other} is for {users} checkpoints; for a {arch.upper()} use --{option}.")
+    scale = getattr(cfg, option)
     scale = 1.0 if scale is None else float(scale)
     if not 0.0 < scale <= 2.0:
         raise FundusError(f"truncation/temperature {scale}: choose a value in (0, 2] (1 = the trained prior).")

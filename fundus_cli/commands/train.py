@@ -1,7 +1,8 @@
 """`fundus train`: the command's home.
 
-The training loop itself lives in `training/loop.py` (TrainConfig, TrainResult, train); this
-module is where the command meets it, and adds the `--dry-run` plan.
+The training loop itself lives in `training/loop.py` (train, TrainResult) and its settings in
+`training/config.py` (TrainConfig, resolve); this module is where the command meets them, and
+adds the `--dry-run` plan.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from typing import Any
 
 from fundus_cli.data import h5
 from fundus_cli.device import resolve_device
-from fundus_cli.training.loop import TrainConfig, TrainResult, config_to_json, model_config, resolve, train
+from fundus_cli.training.config import TrainConfig, config_to_json, model_config, resolve
+from fundus_cli.training.loop import TrainResult, train
 
 __all__ = ["TrainConfig", "TrainResult", "plan", "train"]
 

@@ -49,7 +49,6 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from fundus_cli.errors import FundusError
-from fundus_cli.models import register_model
 from fundus_cli.models.layers import (
     BOTTOM_SIZE,
     IMAGE_CHANNELS,
@@ -322,7 +321,6 @@ class GAN(nn.Module):
         return self.generator(z, y)
 
 
-@register_model("gan")
 def build_gan(config: Mapping[str, Any]) -> GAN:
     return GAN(GANConfig.from_dict(config))
 

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fundus_cli.errors import FundusError
-from fundus_cli.models import register_model
 from fundus_cli.models.layers import (
     BOTTOM_SIZE,
     IMAGE_CHANNELS,
@@ -177,7 +176,6 @@ def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None
     return mu + torch.exp(0.5 * logvar) * eps
 
 
-@register_model("vae")
 def build_vae(config: Mapping[str, Any]) -> VAE:
     return VAE(VAEConfig.from_dict(config))
 

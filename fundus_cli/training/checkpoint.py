@@ -31,6 +31,7 @@ import torch
 from fundus_cli import __version__
 from fundus_cli.errors import FundusError
 from fundus_cli.fsio import commit_tmp, tmp_path_for
+from fundus_cli.training.config import TrainConfig
 
 FORMAT = "fundus-cli checkpoint"
 CHECKPOINT_VERSION = 2  # 2: models learn one disc orientation; GAN/VAE config keys added
@@ -149,18 +150,15 @@ def _is_state_dict(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
 
 
-# The networks each architecture keeps under "models"/"ema"/"optimizers", and where they live in
-# the module that `build_model` returns ("" = the module itself).
-_NETWORKS = {"gan": {"generator": "generator", "discriminator": "discriminator"}, "vae": {"vae": ""}}
-
-
 def _validate_structure(ckpt: dict[str, Any], path: Path) -> None:
     """Check every entry that sample, train --resume and info rely on, and that the weights fit the
     network that `model_config` describes, so that a checkpoint with the right marker but wrong
     contents is a clear error here and never a traceback later."""
+    from fundus_cli.models.registry import ARCHITECTURES
+
     arch = ckpt["arch"]
-    if arch not in _NETWORKS:
-        raise _damaged(path, f"unknown architecture {arch!r}; known: {', '.join(_NETWORKS)}")
+    if arch not in ARCHITECTURES:
+        raise _damaged(path, f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
     for key in ("model_config", "train_config", "models"):
         if not isinstance(ckpt[key], dict) or not all(isinstance(k, str) for k in ckpt[key]):
             raise _damaged(path, f"'{key}' is not a dictionary")
@@ -175,8 +173,6 @@ def _validate_structure(ckpt: dict[str, Any], path: Path) -> None:
     for key in ("image_size", "latent_dim"):
         if not isinstance(mc.get(key), int) or isinstance(mc.get(key), bool) or mc[key] <= 0:
             raise _damaged(path, f"model_config lacks a positive integer '{key}'")
-    from fundus_cli.training.loop import TrainConfig
-
     unknown = set(ckpt["train_config"]) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise _damaged(path, f"train_config has unknown settings {sorted(unknown)}")
@@ -198,14 +194,13 @@ def _validate_structure(ckpt: dict[str, Any], path: Path) -> None:
     if "optimizers" in ckpt and "rank0" not in ckpt.get("rng", {}):
         raise _damaged(path, "it has optimizer states but no random-generator state 'rank0' to resume from")
 
-    from fundus_cli.models import build_model
-
+    spec = ARCHITECTURES[arch]
     try:
-        model = build_model(arch, mc)
+        model = spec.build(mc)
     except Exception as e:  # the config is untrusted: any way it fails to build is "damaged"
         raise _damaged(path, f"model_config does not build a {arch} ({type(e).__name__}: {str(e)[:200]})") from None
-    for name, attr in _NETWORKS[arch].items():
-        net = getattr(model, attr) if attr else model
+    for name in spec.networks:
+        net = spec.network(model, name)
         if name not in ckpt["models"]:
             raise _damaged(path, f"'models' lacks '{name}'")
         for key in ("models", "ema"):

@@ -10,12 +10,11 @@ order of the data is a function of the seed and the step alone.
 from __future__ import annotations
 
 import json
-import math
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,88 +22,18 @@ import numpy as np
 import torch
 
 from fundus_cli import __version__
-from fundus_cli.data.dataset import CACHE_CHOICES, ImageSource, prefetch
+from fundus_cli.data.dataset import ImageSource, prefetch
 from fundus_cli.errors import FundusError
 from fundus_cli.fsio import write_json_atomic, write_text_atomic
 from fundus_cli.progress import enabled as progress_enabled
 from fundus_cli.progress import track
 from fundus_cli.training import checkpoint as ckpt_mod
 from fundus_cli.training import distributed
+from fundus_cli.training.config import (TrainConfig, config_from_json, config_to_json, default_batch,
+                                        hyperparameters, model_config, resolve, resume_config)
 from fundus_cli.training.images import save_grid
 from fundus_cli.training.orientation import disc_on_left
 from fundus_cli.training.trainers import TRAINERS
-
-ARCHS = ("vae", "gan")
-PRESETS = ("demo", "default", "large")
-AMP_CHOICES = ("auto", "off", "bf16", "fp16")
-
-# Settings per preset; "steps_cpu"/"steps_gpu" make the default run length suit the device.
-# "gan" holds the GAN's own batch, learning rate and DiffAugment policy. The demo GAN was tuned
-# by looking at sample grids after 300 CPU-seconds on 160 phantoms at 64 px: batch 16 (twice
-# the steps for the time), lr 5e-4 (sharper optic discs than 2e-4), cutout only (translation
-# slowed the learning of detail, colour jitter flattened the colour variety; over a few
-# minutes the discriminator has no time to overfit 100+ images anyway).
-_LONG_AUG = "color,translation,cutout"  # DiffAugment's policy for small data (Zhao et al. 2020)
-_PRESET_VALUES: dict[str, dict[str, Any]] = {
-    "demo": {"size": 64, "batch": 32, "width": 16, "latent_dim": 128,
-             "gan": {"batch": 16, "lr": 5e-4, "diffaugment": "cutout"},
-             "steps_cpu": {"vae": 400, "gan": 1500}, "steps_gpu": {"vae": 3000, "gan": 5000}},
-    "default": {"size": 64, "size_gpu": 128, "batch": 32, "width": 32, "width_gpu": 64, "latent_dim": 128,
-                "gan": {"batch": 32, "lr": 2e-4, "diffaugment": _LONG_AUG},
-                "steps_cpu": {"vae": 4000, "gan": 6000}, "steps_gpu": {"vae": 30000, "gan": 50000}},
-    "large": {"size": 256, "batch": 64, "width": 64, "latent_dim": 256,
-              "gan": {"batch": 64, "lr": 2e-4, "diffaugment": _LONG_AUG},
-              "steps_cpu": {"vae": 20000, "gan": 30000}, "steps_gpu": {"vae": 100000, "gan": 150000}},
-}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    data: Path = Path("data/train.h5")  # dataset from `fundus ingest`
-    arch: str = "vae"  # vae | gan
-    out: Path | None = None  # run folder; default runs/<arch>
-    preset: str = "default"  # demo (a few CPU minutes) | default | large (GPU)
-    size: int | None = None  # training resolution (power of two, 32..256, <= stored size)
-    steps: int | None = None  # optimisation steps (default: by preset and device)
-    epochs: float | None = None  # alternative to steps: passes over the data
-    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall-clock time
-    max_cpu_minutes: float | None = None  # ... or after this much process CPU time / torch threads
-    batch: int | None = None  # images per step (per process under torchrun)
-    lr: float | None = None  # learning rate (GAN: generator and discriminator)
-    width: int | None = None  # network width at full resolution
-    latent_dim: int | None = None  # size of z
-    seed: int = 0  # everything random derives from it
-    device: str = "auto"  # auto | cpu | cuda
-    conditional: bool = False  # condition on the labels (so `sample --label` works)
-    mirror: bool = True  # use the mirror symmetry of left and right eyes (see orient)
-    orient: bool = True  # with mirror: turn every optic disc to the right (else random flips)
-    cache: str = "auto"  # auto | memory | stream
-    snapshot_every: int | None = None  # steps between checkpoints (default: ~10 per run)
-    sample_every: int | None = None  # steps between sample grids (default: ~5 per run)
-    log_every: int = 10  # steps between metrics.jsonl lines
-    keep: int = 3  # numbered checkpoints to keep
-    amp: str = "auto"  # mixed precision: auto (bf16 on a GPU that has it) | off | bf16 | fp16
-    compile: bool = False  # torch.compile the networks
-    resume: bool = False  # continue from <out>/checkpoint.pt
-    force: bool = False  # overwrite an existing run / resume despite a mismatch
-    # VAE
-    beta: float = 1.0  # KL weight after warm-up
-    kl_warmup: int | None = None  # steps of linear KL warm-up (default: a fifth of the run)
-    recon: str = "l1"  # l1 | l2
-    ssim_weight: float = 0.2  # share of (1 - SSIM) in the reconstruction loss
-    adv_weight: float = 0.5  # adversarial term (patch discriminator), relative to the reconstruction's (0 = off)
-    # GAN
-    gan_loss: str = "hinge"  # hinge | nonsaturating
-    discriminator: str = "strided"  # strided (learns detail fast) | resnet
-    patch_head: bool = False  # discriminator also judges 10x10-pixel neighbourhoods
-    upsample: str = "bilinear"  # generator upsampling: bilinear | nearest (blocky on short runs)
-    detail: float = 2.0  # GAN: discriminator also sees the image's high-pass copy times this (0 = off)
-    ada_target: float = 0.0  # adaptive augmentation: target E[sign D(real)] (0 = fixed policy)
-    lr_d: float | None = None  # discriminator learning rate (default: lr)
-    r1_gamma: float = 0.1  # R1 penalty weight on reals (0 = off)
-    r1_every: int = 4  # lazy R1: apply every k steps, scaled by k
-    diffaugment: str | None = None  # DiffAugment policy ("" = off; default: by preset)
-    ema_decay: float = 0.999  # generator EMA decay (ramped up at the start)
 
 
 @dataclass
@@ -119,158 +48,6 @@ class TrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
     grid: Path | None = None
     loss_plot: Path | None = None
-
-
-def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
-
-
-# Settings added after runs were saved, with the behaviour those runs had, so that a resumed
-# run's config.json says what its networks do.
-ADDED_SETTINGS: dict[str, Any] = {"upsample": "nearest", "detail": 0.0}
-
-
-def config_from_json(d: dict[str, Any]) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(d) - known
-    if unknown:
-        raise FundusError(f"unknown training settings {sorted(unknown)} in a checkpoint or config file")
-    values = {**ADDED_SETTINGS, **d}
-    for key in ("data", "out"):
-        if values.get(key) is not None:
-            values[key] = Path(values[key])
-    return TrainConfig(**values)
-
-
-def resolve(cfg: TrainConfig, *, stored_size: int, n_images: int, n_classes: int, device: torch.device,
-            world: int = 1) -> TrainConfig:
-    """Fill every None from the preset, the data and the device; validate."""
-    if cfg.arch not in ARCHS:
-        raise FundusError(f"--arch {cfg.arch!r}: choose one of {', '.join(ARCHS)}.")
-    if cfg.preset not in PRESETS:
-        raise FundusError(f"--preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}.")
-    if cfg.amp not in AMP_CHOICES:
-        raise FundusError(f"--amp {cfg.amp!r}: choose one of {', '.join(AMP_CHOICES)}.")
-    if cfg.cache not in CACHE_CHOICES:
-        raise FundusError(f"--cache {cfg.cache!r}: choose one of {', '.join(CACHE_CHOICES)}.")
-    if cfg.recon not in ("l1", "l2"):
-        raise FundusError(f"--recon {cfg.recon!r}: choose l1 or l2.")
-    if cfg.gan_loss not in ("hinge", "nonsaturating"):
-        raise FundusError(f"--gan-loss {cfg.gan_loss!r}: choose hinge or nonsaturating.")
-    if cfg.discriminator not in ("strided", "resnet"):
-        raise FundusError(f"--discriminator {cfg.discriminator!r}: choose strided or resnet.")
-    p = _PRESET_VALUES[cfg.preset]
-    gpu = device.type == "cuda"
-    size = cfg.size or min(p.get("size_gpu", p["size"]) if gpu else p["size"], stored_size)
-    if size not in (32, 64, 128, 256):
-        raise FundusError(f"--size {size}: the networks train at 32, 64, 128 or 256 px.")
-    if size > stored_size:
-        raise FundusError(f"--size {size} is larger than the {stored_size} px stored in {cfg.data}; "
-                          f"use --size {stored_size} or less, or ingest with a larger --size.")
-    gp = p["gan"] if cfg.arch == "gan" else {}
-    if n_images < world:
-        raise FundusError(f"{cfg.data} holds {n_images} images, fewer than the {world} processes; ingest more "
-                          "images.")
-    batch = cfg.batch or _default_batch(cfg)
-    if cfg.batch is None:
-        # the preset's batch is a default, not a request: a small dataset gets a smaller batch
-        # (`train` logs it); only an explicit --batch that cannot work is refused
-        batch = min(batch, n_images // world)
-    if batch < 1:
-        raise FundusError(f"--batch {batch}: give a positive batch size.")
-    if n_images < batch * world:
-        raise FundusError(f"{cfg.data} holds {n_images} images, fewer than one batch of {batch}"
-                          f"{f' x {world} processes' if world > 1 else ''}. Use --batch {n_images // world} "
-                          "or less, or ingest more images.")
-    if cfg.conditional and n_classes < 2:
-        raise FundusError(f"--conditional needs labels with at least 2 classes; {cfg.data} has "
-                          f"{n_classes}. Ingest with --labels, or train without --conditional.")
-    steps_per_epoch = max(1, n_images // (batch * world))
-    if cfg.steps is not None and cfg.epochs is not None:
-        raise FundusError("give --steps or --epochs, not both.")
-    if cfg.epochs is not None:
-        steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    else:
-        steps = cfg.steps if cfg.steps is not None else p["steps_gpu" if gpu else "steps_cpu"][cfg.arch]
-    if steps < 1:
-        raise FundusError(f"--steps {steps}: give a positive number of steps.")
-    amp = cfg.amp
-    if amp == "auto":
-        amp = "bf16" if gpu and torch.cuda.is_bf16_supported() else "off"
-    if amp != "off" and not gpu:
-        raise FundusError(f"--amp {amp} is for CUDA GPUs; on a CPU use --amp off (the default).")
-    return replace(
-        cfg,
-        out=cfg.out or Path("runs") / cfg.arch,
-        size=size,
-        batch=batch,
-        steps=steps,
-        lr=cfg.lr or gp.get("lr", 1e-3),
-        lr_d=cfg.lr_d or cfg.lr or gp.get("lr", 2e-4),
-        diffaugment=cfg.diffaugment if cfg.diffaugment is not None else gp.get("diffaugment", ""),
-        width=cfg.width or (p.get("width_gpu", p["width"]) if gpu else p["width"]),
-        latent_dim=cfg.latent_dim or p["latent_dim"],
-        snapshot_every=cfg.snapshot_every or max(1, steps // 10),
-        sample_every=cfg.sample_every or max(1, steps // 5),
-        kl_warmup=cfg.kl_warmup if cfg.kl_warmup is not None else steps // 5,
-        amp=amp,
-    )
-
-
-# Settings that may change when a run resumes: its length, its budget, how it reports and
-# where it runs. Every other setting defines the run and comes from the checkpoint.
-RESUMABLE = ("steps", "epochs", "max_minutes", "max_cpu_minutes", "snapshot_every", "sample_every", "log_every",
-             "keep", "device", "cache", "force", "data", "out", "resume")
-
-
-def resume_config(given: TrainConfig, saved: TrainConfig, run_dir: Path) -> TrainConfig:
-    """The checkpoint's settings with the resumable ones the user gave applied. A setting that
-    defines the run, given with a value other than the default and other than the saved one,
-    is refused (never silently dropped)."""
-    defaults = TrainConfig()
-    changed = [f.name for f in fields(TrainConfig) if f.name not in RESUMABLE
-               and getattr(given, f.name) != getattr(defaults, f.name)
-               and getattr(given, f.name) != getattr(saved, f.name)]
-    if changed:
-        listing = ", ".join(f"--{n.replace('_', '-')} ({getattr(given, n)!r}, saved {getattr(saved, n)!r})"
-                            for n in changed)
-        raise FundusError(f"--resume continues {run_dir} with its saved settings; these cannot change: {listing}. "
-                          "Drop them, or start a new run with --out (or --force to start over there).")
-    applied = {n: getattr(given, n) for n in ("max_minutes", "max_cpu_minutes", "snapshot_every", "sample_every")
-               if getattr(given, n) is not None}
-    for n in ("log_every", "keep"):
-        if getattr(given, n) != getattr(defaults, n):
-            applied[n] = getattr(given, n)
-    # the saved steps are already resolved (from --epochs too); new --steps or --epochs extend the run
-    steps = given.steps or (None if given.epochs is not None else saved.steps)
-    return replace(saved, **applied, steps=steps, epochs=None if given.steps else given.epochs,
-                   device=given.device, cache=given.cache, resume=True, force=given.force, data=given.data,
-                   out=run_dir)
-
-
-def model_config(cfg: TrainConfig, n_classes: int) -> dict[str, Any]:
-    # Both models use the mirror symmetry of left and right eyes by learning one orientation
-    # (optic disc on the right) and mirroring half of their samples (training/orientation.py).
-    mc: dict[str, Any] = {"image_size": cfg.size, "width": cfg.width, "latent_dim": cfg.latent_dim,
-                          "num_classes": n_classes if cfg.conditional else 0, "orient": cfg.mirror and cfg.orient}
-    if cfg.arch == "gan":
-        mc["discriminator"] = cfg.discriminator
-        mc["patch_head"] = cfg.patch_head
-        mc["upsample"] = cfg.upsample
-        mc["detail"] = float(cfg.detail)
-    return mc
-
-
-def hyperparameters(cfg: TrainConfig) -> dict[str, Any]:
-    return {"lr": cfg.lr, "lr_d": cfg.lr_d, "beta": cfg.beta, "kl_warmup": cfg.kl_warmup, "recon": cfg.recon,
-            "ssim_weight": cfg.ssim_weight, "gan_loss": cfg.gan_loss, "r1_gamma": cfg.r1_gamma,
-            "r1_every": cfg.r1_every, "diffaugment": cfg.diffaugment, "ema_decay": cfg.ema_decay,
-            "ada_target": cfg.ada_target, "adv_weight": cfg.adv_weight}
-
-
-def _default_batch(cfg: TrainConfig) -> int:
-    p = _PRESET_VALUES[cfg.preset]
-    return int((p["gan"] if cfg.arch == "gan" else {}).get("batch", p["batch"]))
 
 
 def batch_indices(step: int, *, n: int, batch: int, seed: int, rank: int = 0, world: int = 1) -> np.ndarray:
@@ -386,8 +163,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, log: Cal
     asked_batch = cfg.batch
     cfg = resolve(cfg, stored_size=info.image_size, n_images=info.count, n_classes=n_classes, device=device,
                   world=d.world)
-    if asked_batch is None and cfg.batch < _default_batch(cfg):
-        log(f"batch {cfg.batch} instead of the preset's {_default_batch(cfg)}: {cfg.data} holds {info.count} images")
+    if asked_batch is None and cfg.batch < default_batch(cfg):
+        log(f"batch {cfg.batch} instead of the preset's {default_batch(cfg)}: {cfg.data} holds {info.count} images")
     assert cfg.steps is not None and cfg.batch is not None and cfg.size is not None
     mconf = resume_ckpt["model_config"] if resume_ckpt is not None else model_config(cfg, n_classes)
 

@@ -13,7 +13,8 @@ import torch
 from fundus_cli.errors import FundusError
 from fundus_cli.training import checkpoint as ckpt_mod
 from fundus_cli.training import trainers
-from fundus_cli.training.loop import TrainConfig, batch_indices, train
+from fundus_cli.training.config import TrainConfig
+from fundus_cli.training.loop import batch_indices, train
 
 
 def _cfg(folder: Path, out: Path, arch: str, **kw: object) -> TrainConfig:
@@ -131,12 +132,12 @@ def test_batches_depend_on_seed_and_step_only() -> None:
 
 
 def test_resume_applies_budget_and_reporting_options_and_refuses_run_settings(tiny_data: Path, tmp_path: Path) -> None:
-    from fundus_cli.training.loop import resume_config
+    from fundus_cli.training.config import resume_config
 
     out = tmp_path / "run"
     train(_cfg(tiny_data, out, "vae", steps=4, keep=5))
     ck = ckpt_mod.load_checkpoint(out)
-    from fundus_cli.training.loop import config_from_json
+    from fundus_cli.training.config import config_from_json
 
     saved = config_from_json(ck["train_config"])
     got = resume_config(TrainConfig(data=tiny_data / "train.h5", arch="vae", max_minutes=50, snapshot_every=2,

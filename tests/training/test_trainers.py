@@ -96,7 +96,7 @@ def test_bf16_autocast_and_channels_last_paths_run_on_cpu() -> None:
 
 
 def test_runs_saved_before_upsample_and_detail_existed_keep_their_behaviour() -> None:
-    from fundus_cli.training.loop import TrainConfig, config_from_json, model_config
+    from fundus_cli.training.config import TrainConfig, config_from_json, model_config
 
     old = config_from_json({"arch": "gan"})
     assert (old.detail, old.upsample) == (0.0, "nearest")
