@@ -93,12 +93,12 @@ import torch
 from torch import nn
 
 from fundus_cli import api
-from fundus_cli.audit import AuditConfig
+from fundus_cli.commands.audit import AuditConfig
 from fundus_cli.data import h5
 from fundus_cli.data.quality import phash, quality_measures
 from fundus_cli.errors import FundusError
-from fundus_cli.training.images import grid_image, write_png
-from fundus_cli.training.loop import TrainConfig
+from fundus_cli.images import grid_image, write_png
+from fundus_cli.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -207,7 +207,7 @@ def train_dcgan(images: np.ndarray, minutes: float, *, seed: int = 0, batch: int
 
 def write_dcgan_samples(g: nn.Module, out: Path, *, n: int, train_h5: Path, steps: int, seed: int = 0) -> Path:
     """The DCGAN's samples as a synthetic set of the dataset schema, as `fundus sample` writes one."""
-    from fundus_cli.training.images import to_uint8
+    from fundus_cli.images import to_uint8
 
     with h5.open_dataset(train_h5) as r:
         info = r.info

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[set[str]] = [
     {"__main__", "cli"},
     {"api"},
-    {"commands", "audit"},  # audit: a re-export of commands.audit kept for benchmarks/quality.py
+    {"commands"},
     {"training", "metrics", "privacy"},
     {"data", "models"},
     {"__init__", "errors", "fsio", "progress", "images", "plots", "device", "schemas", "testing", "training_length"},

@@ -25,13 +25,13 @@ from fundus_cli import __version__
 from fundus_cli.data.dataset import ImageSource, prefetch
 from fundus_cli.errors import FundusError
 from fundus_cli.fsio import write_json_atomic, write_text_atomic
+from fundus_cli.images import save_grid
 from fundus_cli.progress import enabled as progress_enabled
 from fundus_cli.progress import track
 from fundus_cli.training import checkpoint as ckpt_mod
 from fundus_cli.training import distributed
 from fundus_cli.training.config import (TrainConfig, config_from_json, config_to_json, default_batch,
                                         hyperparameters, model_config, resolve, resume_config)
-from fundus_cli.training.images import save_grid
 from fundus_cli.training.orientation import disc_on_left
 from fundus_cli.training.trainers import TRAINERS
 
@@ -283,7 +283,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, log: Cal
         seconds = time.perf_counter() - t_start
         loss_plot = None
         if d.main and not interrupted:
-            from fundus_cli.training.images import plot_losses
+            from fundus_cli.plots import plot_losses
 
             loss_plot = plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"{cfg.arch} training")
         total_imgs = sum(w[1] for w in window)
