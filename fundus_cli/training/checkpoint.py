@@ -154,6 +154,13 @@ def _validate_structure(ckpt: dict[str, Any], path: Path) -> None:
     """Check every entry that sample, train --resume and info rely on, and that the weights fit the
     network that `model_config` describes, so that a checkpoint with the right marker but wrong
     contents is a clear error here and never a traceback later."""
+    _check_fields(ckpt, path)
+    _check_states(ckpt, path)
+    _check_weights_fit(ckpt, path)
+
+
+def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
+    """The architecture is known, and the settings and plain entries have the types their readers expect."""
     from fundus_cli.models.registry import ARCHITECTURES
 
     arch = ckpt["arch"]
@@ -176,6 +183,10 @@ def _validate_structure(ckpt: dict[str, Any], path: Path) -> None:
     unknown = set(ckpt["train_config"]) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise _damaged(path, f"train_config has unknown settings {sorted(unknown)}")
+
+
+def _check_states(ckpt: dict[str, Any], path: Path) -> None:
+    """The weights, optimizer and random-generator states have the shapes that torch loads."""
     for key in ("models", "ema", "optimizers", "rng"):
         if key in ckpt and not isinstance(ckpt[key], dict):
             raise _damaged(path, f"'{key}' is not a dictionary")
@@ -194,9 +205,14 @@ def _validate_structure(ckpt: dict[str, Any], path: Path) -> None:
     if "optimizers" in ckpt and "rank0" not in ckpt.get("rng", {}):
         raise _damaged(path, "it has optimizer states but no random-generator state 'rank0' to resume from")
 
-    spec = ARCHITECTURES[arch]
+
+def _check_weights_fit(ckpt: dict[str, Any], path: Path) -> None:
+    """model_config builds the architecture's networks, and every stored state fits the network it is for."""
+    from fundus_cli.models.registry import ARCHITECTURES
+
+    arch, spec = ckpt["arch"], ARCHITECTURES[ckpt["arch"]]
     try:
-        model = spec.build(mc)
+        model = spec.build(ckpt["model_config"])
     except Exception as e:  # the config is untrusted: any way it fails to build is "damaged"
         raise _damaged(path, f"model_config does not build a {arch} ({type(e).__name__}: {str(e)[:200]})") from None
     for name in spec.networks:
@@ -204,14 +220,7 @@ def _validate_structure(ckpt: dict[str, Any], path: Path) -> None:
         if name not in ckpt["models"]:
             raise _damaged(path, f"'models' lacks '{name}'")
         for key in ("models", "ema"):
-            state = ckpt.get(key, {}).get(name)
-            if state is None:
-                continue
-            try:
-                net.load_state_dict(state, strict=True)
-            except Exception as e:
-                first = (str(e).strip().splitlines() or [""])[0][:200]
-                raise _damaged(path, f"'{key}/{name}' does not fit the network in model_config: {first}") from None
+            _check_fit(net, ckpt.get(key, {}).get(name), f"{key}/{name}", path)
         opt = ckpt.get("optimizers", {}).get(name)
         if opt is not None:
             n_saved = sum(len(g["params"]) for g in opt["param_groups"])
@@ -219,3 +228,14 @@ def _validate_structure(ckpt: dict[str, Any], path: Path) -> None:
             if n_saved != n_params:
                 raise _damaged(path, f"optimizer state '{name}' is for {n_saved} parameters, the network has "
                                      f"{n_params}")
+
+
+def _check_fit(net: torch.nn.Module, state: dict[str, Any] | None, what: str, path: Path) -> None:
+    """`state` (if any) loads into `net` with every key and shape matching."""
+    if state is None:
+        return
+    try:
+        net.load_state_dict(state, strict=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise _damaged(path, f"'{what}' does not fit the network in model_config: {first}") from None

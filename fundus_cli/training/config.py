@@ -116,60 +116,16 @@ def config_from_json(d: dict[str, Any]) -> TrainConfig:
 def resolve(cfg: TrainConfig, *, stored_size: int, n_images: int, n_classes: int, device: torch.device,
             world: int = 1) -> TrainConfig:
     """Fill every None from the preset, the data and the device; validate."""
-    if cfg.arch not in ARCHS:
-        raise FundusError(f"--arch {cfg.arch!r}: choose one of {', '.join(ARCHS)}.")
-    if cfg.preset not in PRESETS:
-        raise FundusError(f"--preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}.")
-    if cfg.amp not in AMP_CHOICES:
-        raise FundusError(f"--amp {cfg.amp!r}: choose one of {', '.join(AMP_CHOICES)}.")
-    if cfg.cache not in CACHE_CHOICES:
-        raise FundusError(f"--cache {cfg.cache!r}: choose one of {', '.join(CACHE_CHOICES)}.")
-    if cfg.recon not in ("l1", "l2"):
-        raise FundusError(f"--recon {cfg.recon!r}: choose l1 or l2.")
-    if cfg.gan_loss not in ("hinge", "nonsaturating"):
-        raise FundusError(f"--gan-loss {cfg.gan_loss!r}: choose hinge or nonsaturating.")
-    if cfg.discriminator not in ("strided", "resnet"):
-        raise FundusError(f"--discriminator {cfg.discriminator!r}: choose strided or resnet.")
+    _check_choices(cfg)
     p = _PRESET_VALUES[cfg.preset]
     gpu = device.type == "cuda"
-    size = cfg.size or min(p.get("size_gpu", p["size"]) if gpu else p["size"], stored_size)
-    if size not in (32, 64, 128, 256):
-        raise FundusError(f"--size {size}: the networks train at 32, 64, 128 or 256 px.")
-    if size > stored_size:
-        raise FundusError(f"--size {size} is larger than the {stored_size} px stored in {cfg.data}; "
-                          f"use --size {stored_size} or less, or ingest with a larger --size.")
+    size = _size(cfg, p, gpu, stored_size)
     gp = p.get(cfg.arch, {})
-    if n_images < world:
-        raise FundusError(f"{cfg.data} holds {n_images} images, fewer than the {world} processes; ingest more "
-                          "images.")
-    batch = cfg.batch or default_batch(cfg)
-    if cfg.batch is None:
-        # the preset's batch is a default, not a request: a small dataset gets a smaller batch
-        # (`train` logs it); only an explicit --batch that cannot work is refused
-        batch = min(batch, n_images // world)
-    if batch < 1:
-        raise FundusError(f"--batch {batch}: give a positive batch size.")
-    if n_images < batch * world:
-        raise FundusError(f"{cfg.data} holds {n_images} images, fewer than one batch of {batch}"
-                          f"{f' x {world} processes' if world > 1 else ''}. Use --batch {n_images // world} "
-                          "or less, or ingest more images.")
+    batch = _batch(cfg, n_images, world)
     if cfg.conditional and n_classes < 2:
         raise FundusError(f"--conditional needs labels with at least 2 classes; {cfg.data} has "
                           f"{n_classes}. Ingest with --labels, or train without --conditional.")
-    steps_per_epoch = max(1, n_images // (batch * world))
-    if cfg.steps is not None and cfg.epochs is not None:
-        raise FundusError("give --steps or --epochs, not both.")
-    if cfg.epochs is not None:
-        steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    else:
-        steps = cfg.steps if cfg.steps is not None else p["steps_gpu" if gpu else "steps_cpu"][cfg.arch]
-    if steps < 1:
-        raise FundusError(f"--steps {steps}: give a positive number of steps.")
-    amp = cfg.amp
-    if amp == "auto":
-        amp = "bf16" if gpu and torch.cuda.is_bf16_supported() else "off"
-    if amp != "off" and not gpu:
-        raise FundusError(f"--amp {amp} is for CUDA GPUs; on a CPU use --amp off (the default).")
+    steps = _steps(cfg, p, gpu, steps_per_epoch=max(1, n_images // (batch * world)))
     return replace(
         cfg,
         out=cfg.out or Path("runs") / cfg.arch,
@@ -184,8 +140,79 @@ def resolve(cfg: TrainConfig, *, stored_size: int, n_images: int, n_classes: int
         snapshot_every=cfg.snapshot_every or max(1, steps // 10),
         sample_every=cfg.sample_every or max(1, steps // 5),
         kl_warmup=cfg.kl_warmup if cfg.kl_warmup is not None else steps // 5,
-        amp=amp,
+        amp=_amp(cfg, gpu),
     )
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    """Every option that takes one of a few names has one of them."""
+    if cfg.arch not in ARCHS:
+        raise FundusError(f"--arch {cfg.arch!r}: choose one of {', '.join(ARCHS)}.")
+    if cfg.preset not in PRESETS:
+        raise FundusError(f"--preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}.")
+    if cfg.amp not in AMP_CHOICES:
+        raise FundusError(f"--amp {cfg.amp!r}: choose one of {', '.join(AMP_CHOICES)}.")
+    if cfg.cache not in CACHE_CHOICES:
+        raise FundusError(f"--cache {cfg.cache!r}: choose one of {', '.join(CACHE_CHOICES)}.")
+    if cfg.recon not in ("l1", "l2"):
+        raise FundusError(f"--recon {cfg.recon!r}: choose l1 or l2.")
+    if cfg.gan_loss not in ("hinge", "nonsaturating"):
+        raise FundusError(f"--gan-loss {cfg.gan_loss!r}: choose hinge or nonsaturating.")
+    if cfg.discriminator not in ("strided", "resnet"):
+        raise FundusError(f"--discriminator {cfg.discriminator!r}: choose strided or resnet.")
+
+
+def _size(cfg: TrainConfig, p: dict[str, Any], gpu: bool, stored_size: int) -> int:
+    """The training resolution: --size, else the preset's (for the device), at most what the data holds."""
+    size = cfg.size or min(p.get("size_gpu", p["size"]) if gpu else p["size"], stored_size)
+    if size not in (32, 64, 128, 256):
+        raise FundusError(f"--size {size}: the networks train at 32, 64, 128 or 256 px.")
+    if size > stored_size:
+        raise FundusError(f"--size {size} is larger than the {stored_size} px stored in {cfg.data}; "
+                          f"use --size {stored_size} or less, or ingest with a larger --size.")
+    return size
+
+
+def _batch(cfg: TrainConfig, n_images: int, world: int) -> int:
+    """Images per step and process: --batch, else the preset's, shrunk to fit a small dataset."""
+    if n_images < world:
+        raise FundusError(f"{cfg.data} holds {n_images} images, fewer than the {world} processes; ingest more "
+                          "images.")
+    batch = cfg.batch or default_batch(cfg)
+    if cfg.batch is None:
+        # the preset's batch is a default, not a request: a small dataset gets a smaller batch
+        # (`train` logs it); only an explicit --batch that cannot work is refused
+        batch = min(batch, n_images // world)
+    if batch < 1:
+        raise FundusError(f"--batch {batch}: give a positive batch size.")
+    if n_images < batch * world:
+        raise FundusError(f"{cfg.data} holds {n_images} images, fewer than one batch of {batch}"
+                          f"{f' x {world} processes' if world > 1 else ''}. Use --batch {n_images // world} "
+                          "or less, or ingest more images.")
+    return batch
+
+
+def _steps(cfg: TrainConfig, p: dict[str, Any], gpu: bool, *, steps_per_epoch: int) -> int:
+    """The run's length: --steps, --epochs, or the preset's for the architecture and the device."""
+    if cfg.steps is not None and cfg.epochs is not None:
+        raise FundusError("give --steps or --epochs, not both.")
+    if cfg.epochs is not None:
+        steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    else:
+        steps = cfg.steps if cfg.steps is not None else p["steps_gpu" if gpu else "steps_cpu"][cfg.arch]
+    if steps < 1:
+        raise FundusError(f"--steps {steps}: give a positive number of steps.")
+    return steps
+
+
+def _amp(cfg: TrainConfig, gpu: bool) -> str:
+    """Mixed precision: auto is bf16 on a GPU that has it, else off; a CPU refuses any other."""
+    amp = cfg.amp
+    if amp == "auto":
+        amp = "bf16" if gpu and torch.cuda.is_bf16_supported() else "off"
+    if amp != "off" and not gpu:
+        raise FundusError(f"--amp {amp} is for CUDA GPUs; on a CPU use --amp off (the default).")
+    return amp
 
 
 # Settings that may change when a run resumes: its length, its budget, how it reports and

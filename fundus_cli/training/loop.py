@@ -13,7 +13,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,9 @@ from fundus_cli.progress import enabled as progress_enabled
 from fundus_cli.progress import track
 from fundus_cli.training import checkpoint as ckpt_mod
 from fundus_cli.training import distributed
+from fundus_cli.training.batches import batch_indices, disc_sides, to_device
 from fundus_cli.training.config import (TrainConfig, config_from_json, config_to_json, default_batch,
                                         hyperparameters, model_config, resolve, resume_config)
-from fundus_cli.training.orientation import disc_on_left
 from fundus_cli.training.trainers import TRAINERS
 
 
@@ -48,20 +48,6 @@ class TrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
     grid: Path | None = None
     loss_plot: Path | None = None
-
-
-def batch_indices(step: int, *, n: int, batch: int, seed: int, rank: int = 0, world: int = 1) -> np.ndarray:
-    """The images of `step` for process `rank`: a seeded permutation per epoch, split by rank.
-
-    A function of (seed, step) alone, so a resumed run reads exactly the batches that an
-    uninterrupted run would have (and each rank a disjoint share, as DistributedSampler does).
-    """
-    per_step = batch * world
-    steps_per_epoch = max(1, n // per_step)
-    epoch, k = divmod(step, steps_per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    start = k * per_step + rank * batch
-    return perm[start : start + batch]
 
 
 class _StopFlag:
@@ -85,33 +71,6 @@ class _StopFlag:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
-
-
-def _to_device(images: np.ndarray, labels: np.ndarray | None, *, device: torch.device, mirror: bool,
-               gen: torch.Generator, channels_last: bool,
-               disc_left: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One batch on the device in [-1, 1]; `disc_left` (the batch's rows of `_disc_sides`) turns
-    every optic disc to the right, else `mirror` flips half the images at random."""
-    x = torch.from_numpy(images).to(device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-    if disc_left is not None:
-        x = torch.where(torch.from_numpy(disc_left).to(device)[:, None, None, None], x.flip(3), x)
-    elif mirror:
-        flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(device)
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = None if labels is None else torch.from_numpy(labels).long().to(device)
-    return x, y
-
-
-def _disc_sides(source: ImageSource, chunk: int = 256) -> np.ndarray:
-    """(n,) bool: whether each training image's optic disc lies on the left. Found once per run
-    (a function of the image alone): finding it in every batch cost ~15 % of a demo GAN step."""
-    sides = [disc_on_left(torch.from_numpy(source.batch(np.arange(i, min(i + chunk, source.n))))
-                          .permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)).numpy()
-             for i in range(0, source.n, chunk)]
-    return np.concatenate(sides) if sides else np.zeros(0, dtype=bool)
 
 
 def _prepare_run_dir(cfg: TrainConfig, run_dir: Path) -> dict[str, Any] | None:
@@ -145,153 +104,253 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device, log: Cal
     with h5.open_dataset(cfg.data) as r:
         info = r.info
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / cfg.arch
-    resume_ckpt = _prepare_run_dir(cfg, run_dir) if d.main or cfg.resume else None
-    distributed.barrier(d)
-    if resume_ckpt is None and cfg.resume:
-        resume_ckpt = ckpt_mod.load_checkpoint(run_dir / ckpt_mod.LATEST)
+    resume_ckpt = _resume_checkpoint(cfg, d, info, run_dir)
     if resume_ckpt is not None:
-        if resume_ckpt["arch"] != cfg.arch:
-            raise FundusError(f"{run_dir / ckpt_mod.LATEST} is a {resume_ckpt['arch']} checkpoint; it cannot resume "
-                              f"--arch {cfg.arch}. Use --arch {resume_ckpt['arch']} or another --out.")
-        if resume_ckpt["dataset_fingerprint"] != info.fingerprint and not cfg.force:
-            raise FundusError(f"{run_dir / ckpt_mod.LATEST} was trained on other data (fingerprint "
-                              f"{resume_ckpt['dataset_fingerprint'][:12]}) than {cfg.data} "
-                              f"({info.fingerprint[:12]}). Resume with the same dataset, or add --force to "
-                              "continue training on this one.")
         cfg = resume_config(cfg, config_from_json(resume_ckpt["train_config"]), run_dir)
-    n_classes = len(info.class_names)
-    asked_batch = cfg.batch
-    cfg = resolve(cfg, stored_size=info.image_size, n_images=info.count, n_classes=n_classes, device=device,
-                  world=d.world)
-    if asked_batch is None and cfg.batch < default_batch(cfg):
-        log(f"batch {cfg.batch} instead of the preset's {default_batch(cfg)}: {cfg.data} holds {info.count} images")
-    assert cfg.steps is not None and cfg.batch is not None and cfg.size is not None
-    mconf = resume_ckpt["model_config"] if resume_ckpt is not None else model_config(cfg, n_classes)
+    cfg = _resolved(cfg, info, d, device, log)
+    mconf = resume_ckpt["model_config"] if resume_ckpt is not None else model_config(cfg, len(info.class_names))
 
     torch.manual_seed(cfg.seed)
     source = ImageSource(cfg.data, size=cfg.size, cache=cfg.cache)
     try:
-        fov = torch.from_numpy((source.fov_frequency >= 0.5).astype(np.float32))
-        channels_last = device.type == "cuda"
-        trainer = TRAINERS[cfg.arch](mconf, hyperparameters(cfg), device=device, fov_mask=fov, ddp=d.enabled,
-                                     amp=cfg.amp, channels_last=channels_last, compile=cfg.compile)
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank)
-        start = 0
-        if resume_ckpt is not None:
-            trainer.load_state(resume_ckpt)
-            gen.set_state(resume_ckpt["rng"][f"rank{d.rank}"] if f"rank{d.rank}" in resume_ckpt["rng"]
-                          else resume_ckpt["rng"]["rank0"])
-            start = int(resume_ckpt["step"])
-            log(f"resuming {run_dir} at step {start} of {cfg.steps}")
-        if start >= cfg.steps:
-            raise FundusError(f"{run_dir} is already at step {start} of {cfg.steps}. Give a larger --steps to "
-                              "train further.")
-        if d.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(run_dir / "config.json", {
-                "fundus_cli_version": __version__, "arch": cfg.arch, "train_config": config_to_json(cfg),
-                "model_config": mconf, "device": str(device), "world_size": d.world,
-                "dataset": {"path": str(cfg.data), "fingerprint": info.fingerprint, "images": info.count,
-                            "class_names": list(info.class_names), "stored_size": info.image_size},
-            })
-            _truncate_metrics(run_dir / "metrics.jsonl", start)
-        labels = source.labels if cfg.conditional else None
-        disc_left = _disc_sides(source) if mconf.get("orient", False) else None
-        # Kept so that `sample --class-balance training` can match the training data's shares.
-        class_counts = [int((source.labels == c).sum()) for c in range(n_classes)]
-        # Fixed latents for the sample grids: the same picture positions across the run.
-        grid_gen = torch.Generator().manual_seed(cfg.seed + 9973)
-        grid_z = torch.randn(64, trainer.latent_dim, generator=grid_gen).to(device)
-        grid_y = (torch.arange(64) % n_classes).to(device) if cfg.conditional else None
-
-        def save_payload(step: int) -> dict[str, Any]:
-            rng = _gather_rng(gen, d)
-            return {"arch": cfg.arch, "model_config": mconf, "train_config": config_to_json(cfg), "step": step,
-                    "rng": rng, "dataset_fingerprint": info.fingerprint, "dataset_path": str(cfg.data),
-                    "class_names": list(info.class_names), "image_size": cfg.size, "class_counts": class_counts,
-                    **trainer.state()}
-
-        steps_left = range(start, cfg.steps)
-        batches = prefetch(source, (batch_indices(s, n=source.n, batch=cfg.batch, seed=cfg.seed, rank=d.rank,
-                                                  world=d.world) for s in steps_left))
-        t_start = time.perf_counter()
-        # CPU time divided by threads: "minutes of this machine" even when other work shares it,
-        # which makes equal-budget comparisons fair (benchmarks/quality.py).
-        cpu_start = time.process_time()
-        window: list[tuple[float, int]] = []
-        metrics: dict[str, float] = {}
-        step = start
-        interrupted = False
-        announced = False
-        # no bar (stderr is not a terminal, e.g. a cluster log): a line a minute instead, whose
-        # time left follows the measured rate (the first estimate can be off by 1.5-3x)
-        progress_bar = progress_enabled()
-        last_line = time.perf_counter()
-        grid_path: Path | None = None
-        with _StopFlag() as stop, track(f"train {cfg.arch}", cfg.steps - start, unit="step") as advance:
-            metrics_file = open(run_dir / "metrics.jsonl", "a") if d.main else None
-            try:
-                for step in steps_left:
-                    idx = batch_indices(step, n=source.n, batch=cfg.batch, seed=cfg.seed, rank=d.rank, world=d.world)
-                    t0 = time.perf_counter()
-                    images = next(batches)
-                    x, y = _to_device(images, None if labels is None else labels[idx], device=device,
-                                      mirror=cfg.mirror, gen=gen, channels_last=channels_last,
-                                      disc_left=None if disc_left is None else disc_left[idx])
-                    metrics = trainer.step(x, y, step, gen)
-                    done = step + 1
-                    window.append((time.perf_counter() - t0, x.shape[0] * d.world))
-                    if not announced and len(window) == 5:
-                        per_step = float(np.median([w[0] for w in window]))
-                        log(f"about {per_step * (cfg.steps - done) / 60:.1f} min for the remaining "
-                            f"{cfg.steps - done} steps ({per_step:.2f} s/step on {device})")
-                        announced = True
-                    if not progress_bar and d.main and time.perf_counter() - last_line > PROGRESS_EVERY_S:
-                        last_line = time.perf_counter()
-                        log(_progress_line(cfg, done, window))
-                    if done % cfg.log_every == 0 or done == cfg.steps:
-                        secs = sum(w[0] for w in window[-cfg.log_every:])
-                        imgs = sum(w[1] for w in window[-cfg.log_every:])
-                        m = distributed.mean_over_ranks(metrics, d, device)
-                        line = {"step": done, **{k: round(v, 6) for k, v in m.items()},
-                                "images_per_s": round(imgs / secs, 2) if secs > 0 else None, "lr": cfg.lr,
-                                "time": round(time.perf_counter() - t_start, 3)}
-                        if metrics_file is not None:
-                            metrics_file.write(json.dumps(line) + "\n")
-                            metrics_file.flush()
-                        advance(0, **{k: v for k, v in m.items() if k in ("loss", "d_loss", "g_loss")},
-                                img_s=imgs / secs if secs > 0 else 0.0)
-                    advance(1)
-                    out_of_time = (cfg.max_minutes is not None and time.perf_counter() - t_start > 60 * cfg.max_minutes) or (
-                        cfg.max_cpu_minutes is not None
-                        and (time.process_time() - cpu_start) / torch.get_num_threads() > 60 * cfg.max_cpu_minutes)
-                    stopping = distributed.any_rank(stop.set or out_of_time, d, device)
-                    if d.main and (done % cfg.sample_every == 0 or done == cfg.steps or stopping):
-                        grid_path = run_dir / f"samples-{done:08d}.png"
-                        save_grid(trainer.sample(grid_z, grid_y), grid_path, nrow=8)
-                    if done % cfg.snapshot_every == 0 or done == cfg.steps or stopping:
-                        payload = save_payload(done)
-                        if d.main:
-                            ckpt_mod.save_checkpoint(run_dir, payload, keep=cfg.keep)
-                    step = done
-                    if stopping:
-                        interrupted = stop.set and done < cfg.steps
-                        break
-            finally:
-                if metrics_file is not None:
-                    metrics_file.close()
-        seconds = time.perf_counter() - t_start
-        loss_plot = None
-        if d.main and not interrupted:
-            from fundus_cli.plots import plot_losses
-
-            loss_plot = plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"{cfg.arch} training")
-        total_imgs = sum(w[1] for w in window)
-        return TrainResult(run_dir=run_dir, checkpoint=run_dir / ckpt_mod.LATEST, step=step, steps=cfg.steps,
-                           seconds=seconds, images_per_second=total_imgs / max(seconds, 1e-9),
-                           interrupted=interrupted, last_metrics=metrics, grid=grid_path, loss_plot=loss_plot)
+        run = _start(cfg, d, device, info, run_dir, mconf, source, resume_ckpt, log)
+        return _run_steps(run)
     finally:
         source.close()
+
+
+def _resume_checkpoint(cfg: TrainConfig, d: distributed.Dist, info: Any, run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint that --resume continues (checked against --arch and the data), else None."""
+    resume_ckpt = _prepare_run_dir(cfg, run_dir) if d.main or cfg.resume else None
+    distributed.barrier(d)
+    if resume_ckpt is None and cfg.resume:
+        resume_ckpt = ckpt_mod.load_checkpoint(run_dir / ckpt_mod.LATEST)
+    if resume_ckpt is None:
+        return None
+    if resume_ckpt["arch"] != cfg.arch:
+        raise FundusError(f"{run_dir / ckpt_mod.LATEST} is a {resume_ckpt['arch']} checkpoint; it cannot resume "
+                          f"--arch {cfg.arch}. Use --arch {resume_ckpt['arch']} or another --out.")
+    if resume_ckpt["dataset_fingerprint"] != info.fingerprint and not cfg.force:
+        raise FundusError(f"{run_dir / ckpt_mod.LATEST} was trained on other data (fingerprint "
+                          f"{resume_ckpt['dataset_fingerprint'][:12]}) than {cfg.data} "
+                          f"({info.fingerprint[:12]}). Resume with the same dataset, or add --force to "
+                          "continue training on this one.")
+    return resume_ckpt
+
+
+def _resolved(cfg: TrainConfig, info: Any, d: distributed.Dist, device: torch.device,
+              log: Callable[[str], None]) -> TrainConfig:
+    """`resolve` against the data and the device, saying so when a small dataset shrinks the batch."""
+    asked_batch = cfg.batch
+    cfg = resolve(cfg, stored_size=info.image_size, n_images=info.count, n_classes=len(info.class_names),
+                  device=device, world=d.world)
+    if asked_batch is None and cfg.batch < default_batch(cfg):
+        log(f"batch {cfg.batch} instead of the preset's {default_batch(cfg)}: {cfg.data} holds {info.count} images")
+    assert cfg.steps is not None and cfg.batch is not None and cfg.size is not None
+    return cfg
+
+
+@dataclass
+class _Run:
+    """One run's fixed parts, shared by its steps."""
+
+    cfg: TrainConfig
+    d: distributed.Dist
+    device: torch.device
+    info: Any  # the dataset's h5.DatasetInfo
+    run_dir: Path
+    mconf: dict[str, Any]
+    source: ImageSource
+    trainer: Any  # a trainer of training/trainers.py
+    gen: torch.Generator  # all the loop's randomness (its state is in the checkpoint)
+    start: int  # the first step to run
+    channels_last: bool
+    labels: np.ndarray | None  # per image, when conditional
+    disc_left: np.ndarray | None  # per image, when the model learns one disc orientation
+    class_counts: list[int]
+    grid_z: torch.Tensor  # fixed latents for the sample grids: the same picture positions across the run
+    grid_y: torch.Tensor | None
+    log: Callable[[str], None]
+
+    def payload(self, step: int) -> dict[str, Any]:
+        """The checkpoint at `step` (without the format fields that save_checkpoint adds)."""
+        cfg = self.cfg
+        return {"arch": cfg.arch, "model_config": self.mconf, "train_config": config_to_json(cfg), "step": step,
+                "rng": _gather_rng(self.gen, self.d), "dataset_fingerprint": self.info.fingerprint,
+                "dataset_path": str(cfg.data), "class_names": list(self.info.class_names), "image_size": cfg.size,
+                "class_counts": self.class_counts, **self.trainer.state()}
+
+
+def _start(cfg: TrainConfig, d: distributed.Dist, device: torch.device, info: Any, run_dir: Path,
+           mconf: dict[str, Any], source: ImageSource, resume_ckpt: dict[str, Any] | None,
+           log: Callable[[str], None]) -> _Run:
+    """The trainer (when resuming: its state, the random generator's and the step), config.json written."""
+    assert cfg.steps is not None
+    fov = torch.from_numpy((source.fov_frequency >= 0.5).astype(np.float32))
+    channels_last = device.type == "cuda"
+    trainer = TRAINERS[cfg.arch](mconf, hyperparameters(cfg), device=device, fov_mask=fov, ddp=d.enabled,
+                                 amp=cfg.amp, channels_last=channels_last, compile=cfg.compile)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank)
+    start = 0
+    if resume_ckpt is not None:
+        trainer.load_state(resume_ckpt)
+        gen.set_state(resume_ckpt["rng"][f"rank{d.rank}"] if f"rank{d.rank}" in resume_ckpt["rng"]
+                      else resume_ckpt["rng"]["rank0"])
+        start = int(resume_ckpt["step"])
+        log(f"resuming {run_dir} at step {start} of {cfg.steps}")
+    if start >= cfg.steps:
+        raise FundusError(f"{run_dir} is already at step {start} of {cfg.steps}. Give a larger --steps to "
+                          "train further.")
+    if d.main:
+        _write_config(cfg, d, device, info, run_dir, mconf)
+        _truncate_metrics(run_dir / "metrics.jsonl", start)
+    n_classes = len(info.class_names)
+    grid_gen = torch.Generator().manual_seed(cfg.seed + 9973)
+    return _Run(cfg=cfg, d=d, device=device, info=info, run_dir=run_dir, mconf=mconf, source=source,
+                trainer=trainer, gen=gen, start=start, channels_last=channels_last,
+                labels=source.labels if cfg.conditional else None,
+                disc_left=disc_sides(source) if mconf.get("orient", False) else None,
+                # kept so that `sample --class-balance training` can match the training data's shares
+                class_counts=[int((source.labels == c).sum()) for c in range(n_classes)],
+                grid_z=torch.randn(64, trainer.latent_dim, generator=grid_gen).to(device),
+                grid_y=(torch.arange(64) % n_classes).to(device) if cfg.conditional else None, log=log)
+
+
+def _write_config(cfg: TrainConfig, d: distributed.Dist, device: torch.device, info: Any, run_dir: Path,
+                  mconf: dict[str, Any]) -> None:
+    """config.json: the resolved settings, before the first step."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "config.json", {
+        "fundus_cli_version": __version__, "arch": cfg.arch, "train_config": config_to_json(cfg),
+        "model_config": mconf, "device": str(device), "world_size": d.world,
+        "dataset": {"path": str(cfg.data), "fingerprint": info.fingerprint, "images": info.count,
+                    "class_names": list(info.class_names), "stored_size": info.image_size},
+    })
+
+
+@dataclass
+class _Progress:
+    """What the steps of a run have done so far."""
+
+    step: int
+    t_start: float = field(default_factory=time.perf_counter)
+    # CPU time divided by threads: "minutes of this machine" even when other work shares it,
+    # which makes equal-budget comparisons fair (benchmarks/quality.py).
+    cpu_start: float = field(default_factory=time.process_time)
+    window: list[tuple[float, int]] = field(default_factory=list)  # (seconds, images) per step
+    metrics: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+    announced: bool = False
+    # no bar (stderr is not a terminal, e.g. a cluster log): a line a minute instead, whose
+    # time left follows the measured rate (the first estimate can be off by 1.5-3x)
+    progress_bar: bool = field(default_factory=progress_enabled)
+    last_line: float = field(default_factory=time.perf_counter)
+    grid_path: Path | None = None
+
+
+def _run_steps(run: _Run) -> TrainResult:
+    """The steps from `run.start`, stopping early on Ctrl-C/SIGTERM or a time budget, then the loss plot."""
+    cfg, d = run.cfg, run.d
+    assert cfg.steps is not None and cfg.batch is not None
+    steps_left = range(run.start, cfg.steps)
+    batches = prefetch(run.source, (batch_indices(s, n=run.source.n, batch=cfg.batch, seed=cfg.seed, rank=d.rank,
+                                                  world=d.world) for s in steps_left))
+    prog = _Progress(step=run.start)
+    with _StopFlag() as stop, track(f"train {cfg.arch}", cfg.steps - run.start, unit="step") as advance:
+        metrics_file = open(run.run_dir / "metrics.jsonl", "a") if d.main else None
+        try:
+            for step in steps_left:
+                done = _one_step(run, prog, step, batches)
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    _log_metrics(run, prog, done, metrics_file, advance)
+                advance(1)
+                stopping = distributed.any_rank(stop.set or _out_of_time(cfg, prog), d, run.device)
+                _snapshot(run, prog, done, stopping)
+                prog.step = done
+                if stopping:
+                    prog.interrupted = stop.set and done < cfg.steps
+                    break
+        finally:
+            if metrics_file is not None:
+                metrics_file.close()
+    return _result(run, prog)
+
+
+def _one_step(run: _Run, prog: _Progress, step: int, batches: Iterator[np.ndarray]) -> int:
+    """One optimisation step on the batch of `step`, timed with the wait for its images; returns the steps done."""
+    cfg, d = run.cfg, run.d
+    assert cfg.steps is not None and cfg.batch is not None
+    idx = batch_indices(step, n=run.source.n, batch=cfg.batch, seed=cfg.seed, rank=d.rank, world=d.world)
+    t0 = time.perf_counter()
+    images = next(batches)
+    x, y = to_device(images, None if run.labels is None else run.labels[idx], device=run.device,
+                      mirror=cfg.mirror, gen=run.gen, channels_last=run.channels_last,
+                      disc_left=None if run.disc_left is None else run.disc_left[idx])
+    prog.metrics = run.trainer.step(x, y, step, run.gen)
+    done = step + 1
+    prog.window.append((time.perf_counter() - t0, x.shape[0] * d.world))
+    if not prog.announced and len(prog.window) == 5:
+        per_step = float(np.median([w[0] for w in prog.window]))
+        run.log(f"about {per_step * (cfg.steps - done) / 60:.1f} min for the remaining "
+                f"{cfg.steps - done} steps ({per_step:.2f} s/step on {run.device})")
+        prog.announced = True
+    if not prog.progress_bar and d.main and time.perf_counter() - prog.last_line > PROGRESS_EVERY_S:
+        prog.last_line = time.perf_counter()
+        run.log(_progress_line(cfg, done, prog.window))
+    return done
+
+
+def _log_metrics(run: _Run, prog: _Progress, done: int, metrics_file: Any, advance: Callable[..., None]) -> None:
+    """A metrics.jsonl line (the mean over processes of the last step) and the progress bar's figures."""
+    cfg = run.cfg
+    secs = sum(w[0] for w in prog.window[-cfg.log_every:])
+    imgs = sum(w[1] for w in prog.window[-cfg.log_every:])
+    m = distributed.mean_over_ranks(prog.metrics, run.d, run.device)
+    line = {"step": done, **{k: round(v, 6) for k, v in m.items()},
+            "images_per_s": round(imgs / secs, 2) if secs > 0 else None, "lr": cfg.lr,
+            "time": round(time.perf_counter() - prog.t_start, 3)}
+    if metrics_file is not None:
+        metrics_file.write(json.dumps(line) + "\n")
+        metrics_file.flush()
+    advance(0, **{k: v for k, v in m.items() if k in ("loss", "d_loss", "g_loss")},
+            img_s=imgs / secs if secs > 0 else 0.0)
+
+
+def _out_of_time(cfg: TrainConfig, prog: _Progress) -> bool:
+    """Whether --minutes (wall clock) or max_cpu_minutes (CPU time per torch thread) is spent."""
+    return (cfg.max_minutes is not None and time.perf_counter() - prog.t_start > 60 * cfg.max_minutes) or (
+        cfg.max_cpu_minutes is not None
+        and (time.process_time() - prog.cpu_start) / torch.get_num_threads() > 60 * cfg.max_cpu_minutes)
+
+
+def _snapshot(run: _Run, prog: _Progress, done: int, stopping: bool) -> None:
+    """The sample grid and the checkpoint when one is due (and always at the last step)."""
+    cfg = run.cfg
+    assert cfg.sample_every is not None and cfg.snapshot_every is not None
+    if run.d.main and (done % cfg.sample_every == 0 or done == cfg.steps or stopping):
+        prog.grid_path = run.run_dir / f"samples-{done:08d}.png"
+        save_grid(run.trainer.sample(run.grid_z, run.grid_y), prog.grid_path, nrow=8)
+    if done % cfg.snapshot_every == 0 or done == cfg.steps or stopping:
+        payload = run.payload(done)  # every process takes part (the random states are gathered)
+        if run.d.main:
+            ckpt_mod.save_checkpoint(run.run_dir, payload, keep=cfg.keep)
+
+
+def _result(run: _Run, prog: _Progress) -> TrainResult:
+    """The loss plot (of a run that was not interrupted) and the summary."""
+    seconds = time.perf_counter() - prog.t_start
+    loss_plot = None
+    if run.d.main and not prog.interrupted:
+        from fundus_cli.plots import plot_losses
+
+        loss_plot = plot_losses(run.run_dir / "metrics.jsonl", run.run_dir / "loss.png",
+                                title=f"{run.cfg.arch} training")
+    total_imgs = sum(w[1] for w in prog.window)
+    assert run.cfg.steps is not None
+    return TrainResult(run_dir=run.run_dir, checkpoint=run.run_dir / ckpt_mod.LATEST, step=prog.step,
+                       steps=run.cfg.steps, seconds=seconds, images_per_second=total_imgs / max(seconds, 1e-9),
+                       interrupted=prog.interrupted, last_metrics=prog.metrics, grid=prog.grid_path,
+                       loss_plot=loss_plot)
 
 
 PROGRESS_EVERY_S = 60.0

@@ -14,7 +14,8 @@ from fundus_cli.errors import FundusError
 from fundus_cli.training import checkpoint as ckpt_mod
 from fundus_cli.training import trainers
 from fundus_cli.training.config import TrainConfig
-from fundus_cli.training.loop import batch_indices, train
+from fundus_cli.training.batches import batch_indices
+from fundus_cli.training.loop import train
 
 
 def _cfg(folder: Path, out: Path, arch: str, **kw: object) -> TrainConfig:

@@ -39,21 +39,21 @@ def test_disc_to_right_mirrors_only_left_discs() -> None:
 
 
 def test_training_batches_have_every_disc_on_the_right() -> None:
-    """The loop finds each image's side once (`_disc_sides`) and turns its batches by it."""
-    from fundus_cli.training.loop import _disc_sides, _to_device
+    """The loop finds each image's side once (`disc_sides`) and turns its batches by it."""
+    from fundus_cli.training.batches import disc_sides, to_device
 
     x, eyes = _phantoms(10)
     images = ((x.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
 
-    class Source:  # the two things _disc_sides reads of an ImageSource
+    class Source:  # the two things disc_sides reads of an ImageSource
         n = len(images)
 
         def batch(self, idx: np.ndarray) -> np.ndarray:
             return images[idx]
 
-    left = _disc_sides(Source(), chunk=3)  # several chunks, the last one short
+    left = disc_sides(Source(), chunk=3)  # several chunks, the last one short
     assert left.tolist() == [e == "left" for e in eyes]
     idx = np.array([4, 0, 7, 7, 2])
-    batch, _ = _to_device(images[idx], None, device=torch.device("cpu"), mirror=True,
+    batch, _ = to_device(images[idx], None, device=torch.device("cpu"), mirror=True,
                           gen=torch.Generator().manual_seed(0), channels_last=False, disc_left=left[idx])
     assert not disc_on_left(batch).any()
