@@ -15,7 +15,7 @@ from fundus_cli.data import h5
 from fundus_cli.data.quality import phash
 from fundus_cli.errors import FundusError
 from fundus_cli.testing import quick_fundus
-from fundus_cli.privacy.register import shift_images
+from fundus_cli.privacy.views import shift_images
 
 # Small and quick: a barely trained encoder still gives exact copies distance 0, and the
 # calibration is valid for any embedding.

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from fundus_cli.data.circle import Circle, robust_circle
+
 __all__ = ["Circle", "crop_to_fov", "detect_fov", "fov_fraction", "fov_mask"]
 
 # Longest side of the image used for the coarse stage: big enough that the outline has
@@ -40,27 +42,6 @@ _N_RAYS = 360
 _MIN_CONTRAST = 8.0
 # Threshold margin above the border level, in border noise standard deviations.
 _NOISE_FACTOR = 3.0
-
-
-@dataclass(frozen=True)
-class Circle:
-    """A circle in image coordinates (pixel centres at integers), in pixels."""
-
-    cx: float
-    cy: float
-    r: float
-
-    def scaled(self, factor: float) -> Circle:
-        """The same circle in an image resized by ``factor`` (e.g. 0.25 for a reduced decode).
-
-        With pixel centres at integers, resizing maps x to (x + 0.5) * factor - 0.5, which
-        is why the centre is not simply multiplied.
-        """
-        return Circle(
-            cx=(self.cx + 0.5) * factor - 0.5,
-            cy=(self.cy + 0.5) * factor - 0.5,
-            r=self.r * factor,
-        )
 
 
 def fov_mask(shape: tuple[int, int], circle: Circle) -> np.ndarray:
@@ -226,7 +207,7 @@ def _coarse_stage(
     # Contour pixels are the outermost disc pixels, half a pixel inside the true edge on
     # average; this bias is small and the fine stage removes it.
     rim_full = np.column_stack([(rim[:, 0] + 0.5) / sx - 0.5, (rim[:, 1] + 0.5) / sy - 0.5])
-    fit = _robust_circle(rim_full, tolerance=2.0 / min(sx, sy))
+    fit = robust_circle(rim_full, tolerance=2.0 / min(sx, sy))
     if fit is None:
         return None
     circle, _ = fit
@@ -289,8 +270,36 @@ def _refine_on_rays(
     last_above = n_samples - 1 - np.argmax(above[:, ::-1], axis=1)
     ok = has_above & (last_above < first_out - 2)
 
-    # Around that crossing, the steepest descent is the edge itself (the threshold is low
-    # and would put the edge at the foot of the step).
+    k, mid, edge_r = _steepest_descent(profiles, last_above, radii, r)
+
+    # A real rim step falls from disc level to border level; require a step that is a
+    # sizeable part of the gap, measured a little away from the edge on either side.
+    gap = max(2, int(np.ceil(max(1.5, 0.006 * r) / ds)))
+    inner = _window_mean(profiles, k - 3 * gap, k - gap)
+    outer = _window_mean(profiles, k + 1 + gap, k + 1 + 3 * gap)
+    step = inner - outer
+    # The border side of the step must be seen inside the image.
+    ok &= (first_out == n_samples) | (k + 1 + 3 * gap <= first_out)
+    ok &= (step >= 0.5 * (levels.threshold - levels.border)) & (outer <= levels.threshold)
+    ok &= (-mid) > 0
+    if ok.sum() < 12:
+        return None
+    points = np.column_stack([circle.cx + np.cos(angles[ok]) * edge_r[ok],
+                              circle.cy + np.sin(angles[ok]) * edge_r[ok]])
+    fit = robust_circle(points, tolerance=max(1.0, 0.004 * r))
+    if fit is None:
+        return None
+    refined, inliers = fit
+    return refined, angles[ok][inliers]
+
+
+def _steepest_descent(profiles: np.ndarray, last_above: np.ndarray, radii: np.ndarray,
+                      r: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per ray, around the threshold crossing ``last_above``: the sample of the steepest descent
+    (the edge itself; the threshold is low and would put the edge at the foot of the step), the
+    derivative there, and the edge's radius to a fraction of a sample."""
+    n_samples = profiles.shape[1]
+    ds = radii[1] - radii[0]
     diffs = np.diff(profiles, axis=1)  # diffs[:, i] sits at radii[i] + ds / 2
     search = max(2, int(np.ceil(max(2.0, 0.015 * r) / ds)))
     idx = np.arange(n_samples - 1)[None, :]
@@ -308,26 +317,7 @@ def _refine_on_rays(
     offset = np.clip(offset, -0.5, 0.5)
     interior = (k > 0) & (k < n_samples - 2)
     edge_r = radii[0] + (k + 0.5 + np.where(interior, offset, 0.0)) * ds
-
-    # A real rim step falls from disc level to border level; require a step that is a
-    # sizeable part of the gap, measured a little away from the edge on either side.
-    gap = max(2, int(np.ceil(max(1.5, 0.006 * r) / ds)))
-    inner = _window_mean(profiles, k - 3 * gap, k - gap)
-    outer = _window_mean(profiles, k + 1 + gap, k + 1 + 3 * gap)
-    step = inner - outer
-    # The border side of the step must be seen inside the image.
-    ok &= (first_out == n_samples) | (k + 1 + 3 * gap <= first_out)
-    ok &= (step >= 0.5 * (levels.threshold - levels.border)) & (outer <= levels.threshold)
-    ok &= (-mid) > 0
-    if ok.sum() < 12:
-        return None
-    points = np.column_stack([circle.cx + np.cos(angles[ok]) * edge_r[ok],
-                              circle.cy + np.sin(angles[ok]) * edge_r[ok]])
-    fit = _robust_circle(points, tolerance=max(1.0, 0.004 * r))
-    if fit is None:
-        return None
-    refined, inliers = fit
-    return refined, angles[ok][inliers]
+    return k, mid, edge_r
 
 
 def _window_mean(profiles: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
@@ -342,82 +332,6 @@ def _window_mean(profiles: np.ndarray, start: np.ndarray, stop: np.ndarray) -> n
     count = (hi - lo).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(count > 0, (cumulative[rows, hi] - cumulative[rows, lo]) / count, np.nan)
-
-
-def _robust_circle(points: np.ndarray, *, tolerance: float) -> tuple[Circle, np.ndarray] | None:
-    """RANSAC over point triples, then least squares on the consensus set.
-
-    A notch, knob or label covers a minority of rim points but can drag a plain least-
-    squares fit by several pixels; triples that hit only rim agree on one circle.
-    """
-    n = len(points)
-    if n < 6:
-        return None
-    rng = np.random.default_rng(0)  # deterministic: the same image gives the same circle
-    n_trials = 128
-    triples = rng.integers(0, n, size=(n_trials, 3))
-    # Triples with a repeated point are degenerate (collinear) and are dropped below.
-    a, b, c = points[triples[:, 0]], points[triples[:, 1]], points[triples[:, 2]]
-    centres, radii = _circumcircles(a, b, c)
-    good = np.isfinite(radii) & (radii > 0)
-    if not good.any():
-        return None
-    centres, radii = centres[good], radii[good]
-    dist = np.hypot(points[None, :, 0] - centres[:, None, 0], points[None, :, 1] - centres[:, None, 1])
-    residual = np.abs(dist - radii[:, None])
-    counts = (residual <= tolerance).sum(axis=1)
-    best = int(np.argmax(counts))
-    inliers = residual[best] <= tolerance
-    if inliers.sum() < 6:
-        return None
-    circle = _lsq_circle(points[inliers])
-    # Re-select inliers against the refined circle (RANSAC's triple is noisier) and refit.
-    for _ in range(3):
-        d = np.abs(np.hypot(points[:, 0] - circle.cx, points[:, 1] - circle.cy) - circle.r)
-        new = d <= tolerance
-        if new.sum() < 6:
-            break
-        circle = _lsq_circle(points[new])
-        if np.array_equal(new, inliers):
-            break
-        inliers = new
-    return circle, inliers
-
-
-def _circumcircles(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ax, ay, bx, by, cx, cy = a[:, 0], a[:, 1], b[:, 0], b[:, 1], c[:, 0], c[:, 1]
-    d = 2.0 * (ax * (by - cy) + bx * (cy - ay) + cx * (ay - by))
-    a2, b2, c2 = ax**2 + ay**2, bx**2 + by**2, cx**2 + cy**2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ux = (a2 * (by - cy) + b2 * (cy - ay) + c2 * (ay - by)) / d
-        uy = (a2 * (cx - bx) + b2 * (ax - cx) + c2 * (bx - ax)) / d
-    r = np.hypot(ax - ux, ay - uy)
-    r[np.abs(d) < 1e-9] = np.nan  # collinear triple: no circle
-    return np.column_stack([ux, uy]), r
-
-
-def _lsq_circle(points: np.ndarray) -> Circle:
-    """Algebraic (Kasa) fit, then Gauss-Newton on the geometric distance.
-
-    The algebraic fit is biased towards small radii on a partial arc (a cut-off disc);
-    a few geometric iterations from it remove that bias.
-    """
-    mean = points.mean(axis=0)
-    p = points - mean  # centred for a well-conditioned system
-    x, y = p[:, 0], p[:, 1]
-    design = np.column_stack([x, y, np.ones_like(x)])
-    sol, *_ = np.linalg.lstsq(design, x**2 + y**2, rcond=None)
-    cx, cy = sol[0] / 2.0, sol[1] / 2.0
-    r = float(np.sqrt(max(sol[2] + cx**2 + cy**2, 1e-12)))
-    for _ in range(10):
-        dx, dy = x - cx, y - cy
-        d = np.maximum(np.hypot(dx, dy), 1e-12)
-        jac = np.column_stack([-dx / d, -dy / d, -np.ones_like(d)])
-        delta, *_ = np.linalg.lstsq(jac, -(d - r), rcond=None)
-        cx, cy, r = cx + delta[0], cy + delta[1], r + delta[2]
-        if np.abs(delta).max() < 1e-6:
-            break
-    return Circle(cx=float(cx + mean[0]), cy=float(cy + mean[1]), r=float(abs(r)))
 
 
 def _plausible(

@@ -135,35 +135,7 @@ def decide(results: Sequence[EmbeddingAudit], *, phash_bits: np.ndarray | None =
                      + _list(f"synthetic {f.synthetic} ~ training {f.train_index} ({f.embedding})" for f in possible))
 
     for r in results:
-        z = r.data_copying
-        if z.z <= th.z_fail:
-            fails.append(f"{r.name}: Z_U = {z.z:.2f} <= {th.z_fail:g} (synthetic images closer to the training set "
-                         "than holdout images)")
-        elif z.p < th.warn_p:
-            warns.append(f"{r.name}: Z_U = {z.z:.2f} (p = {z.p:.3g})")
-        if r.cells is not None and r.cells.c_t is not None:
-            if r.cells.c_t <= th.z_fail:
-                fails.append(f"{r.name}: C_T = {r.cells.c_t:.2f} <= {th.z_fail:g} over {r.cells.cells_used} cells")
-            elif r.cells.p < th.warn_p:
-                warns.append(f"{r.name}: C_T = {r.cells.c_t:.2f} (p = {r.cells.p:.3g})")
-        mem = r.memorization
-        if mem.tau is not None:
-            p = mem.p_exact if th.memorization_test == "exact" else mem.p_binomial
-            excess = mem.rate - mem.alpha
-            text = (f"{r.name}: memorization rate {mem.rate:.3f} vs alpha {mem.alpha:g} "
-                    f"({th.memorization_test} p = {p:.3g})")
-            if p < th.memorization_p_fail and excess >= th.memorization_excess_fail:
-                fails.append(text)
-            elif p < th.warn_p:
-                warns.append(text)
-        mia = r.membership
-        if mia is not None:
-            text = (f"{r.name}: membership AUC {mia.auc:.3f} (95% CI {mia.ci_low:.3f}-{mia.ci_high:.3f}, "
-                    f"p = {mia.p:.3g})")
-            if mia.ci_low > th.membership_ci_fail:
-                fails.append(text)
-            elif mia.p < th.warn_p:
-                warns.append(text)
+        _set_rules(r, th, fails, warns)
 
     adjusted, not_tested, ran_classes, failed_classes = _class_rules(classes or (), th, fails, warns)
 
@@ -175,19 +147,45 @@ def decide(results: Sequence[EmbeddingAudit], *, phash_bits: np.ndarray | None =
         inconclusive.insert(0, "no holdout: calibrated on leave-one-out training distances, which are not "
                                "exchangeable with synthetic ones; give a holdout or accept this calibration "
                                "explicitly")
-    if fails:
-        status = "FAIL"
-    elif inconclusive:
-        status = "INCONCLUSIVE"
-    elif warns:
-        status = "WARN"
-    else:
-        status = "PASS"
+    status = "FAIL" if fails else "INCONCLUSIVE" if inconclusive else "WARN" if warns else "PASS"
     return Decision(status=status, exit_code=EXIT_CODES[status], reasons=tuple(fails), warnings=tuple(warns),
                     flags=tuple(flags), thresholds=th, tests_run=power.ran + ran_classes,
                     inconclusive=tuple(inconclusive), min_holdout=power.min_holdout,
                     min_synthetic=power.min_synthetic, class_adjusted=adjusted, classes_not_tested=not_tested,
                     classes_failed=failed_classes)
+
+
+def _set_rules(r: EmbeddingAudit, th: Thresholds, fails: list[str], warns: list[str]) -> None:
+    """One embedding's set-level tests (Z_U, C_T, memorization, membership) against the thresholds."""
+    z = r.data_copying
+    if z.z <= th.z_fail:
+        fails.append(f"{r.name}: Z_U = {z.z:.2f} <= {th.z_fail:g} (synthetic images closer to the training set "
+                     "than holdout images)")
+    elif z.p < th.warn_p:
+        warns.append(f"{r.name}: Z_U = {z.z:.2f} (p = {z.p:.3g})")
+    if r.cells is not None and r.cells.c_t is not None:
+        if r.cells.c_t <= th.z_fail:
+            fails.append(f"{r.name}: C_T = {r.cells.c_t:.2f} <= {th.z_fail:g} over {r.cells.cells_used} cells")
+        elif r.cells.p < th.warn_p:
+            warns.append(f"{r.name}: C_T = {r.cells.c_t:.2f} (p = {r.cells.p:.3g})")
+    mem = r.memorization
+    if mem.tau is not None:
+        p = mem.p_exact if th.memorization_test == "exact" else mem.p_binomial
+        excess = mem.rate - mem.alpha
+        text = (f"{r.name}: memorization rate {mem.rate:.3f} vs alpha {mem.alpha:g} "
+                f"({th.memorization_test} p = {p:.3g})")
+        if p < th.memorization_p_fail and excess >= th.memorization_excess_fail:
+            fails.append(text)
+        elif p < th.warn_p:
+            warns.append(text)
+    mia = r.membership
+    if mia is not None:
+        text = (f"{r.name}: membership AUC {mia.auc:.3f} (95% CI {mia.ci_low:.3f}-{mia.ci_high:.3f}, "
+                f"p = {mia.p:.3g})")
+        if mia.ci_low > th.membership_ci_fail:
+            fails.append(text)
+        elif mia.p < th.warn_p:
+            warns.append(text)
 
 
 def _class_rules(classes: Sequence[ClassTest], th: Thresholds, fails: list[str], warns: list[str]

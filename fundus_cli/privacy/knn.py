@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from fundus_cli.errors import FundusError
+from fundus_cli.privacy.knn_exclusion import Exclusion
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 Chunks = Iterable[tuple[int, ArrayLike]]
@@ -82,16 +83,8 @@ def knn(queries: ArrayLike, database: Database, *, k: int, metric: str = "l2",
     (torch.get_num_threads()), and sets that process-wide setting to 1 meanwhile (restored
     on return). On a GPU it turns TF32 matmuls off meanwhile, likewise restored.
     """
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
     dev = torch.device(device)
-    default_blocks = _CPU_BLOCKS if dev.type == "cpu" else _GPU_BLOCKS
-    block_size = default_blocks[0] if block_size is None else block_size
-    query_block_size = default_blocks[1] if query_block_size is None else query_block_size
-    if block_size < 1 or query_block_size < 1:
-        raise ValueError(f"block sizes must be positive, got {block_size} and {query_block_size}")
+    block_size, query_block_size = _checked(k, metric, dev, block_size, query_block_size)
     if dev.type != "cpu":
         # A caller may have allowed TF32 GEMMs (10 mantissa bits), fine for training but
         # not for an exact search.
@@ -118,6 +111,21 @@ def knn(queries: ArrayLike, database: Database, *, k: int, metric: str = "l2",
         torch.set_num_threads(workers)
 
 
+def _checked(k: int, metric: str, dev: torch.device, block_size: int | None,
+             query_block_size: int | None) -> tuple[int, int]:
+    """Refuse a bad k or metric; the block sizes, the device's defaults where not given."""
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
+    default_blocks = _CPU_BLOCKS if dev.type == "cpu" else _GPU_BLOCKS
+    block_size = default_blocks[0] if block_size is None else block_size
+    query_block_size = default_blocks[1] if query_block_size is None else query_block_size
+    if block_size < 1 or query_block_size < 1:
+        raise ValueError(f"block sizes must be positive, got {block_size} and {query_block_size}")
+    return block_size, query_block_size
+
+
 def _search(queries: ArrayLike, database: Database, *, k: int, metric: str, block_size: int,
             query_block_size: int, dev: torch.device, workers: int,
             exclude_groups: tuple[ArrayLike, ArrayLike] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -128,26 +136,13 @@ def _search(queries: ArrayLike, database: Database, *, k: int, metric: str, bloc
     n_queries, dim = q.shape
     if n_queries == 0:
         return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-    if metric == "cosine":
-        q = _unit_rows(q, what="queries")
-    # Distances do not change under a common shift, but rounding error scales with the norms:
-    # centring on the queries' mean keeps embeddings with a large common offset (all pixel
-    # means near 100, say) as exact as centred ones. Any shift is correct; this one is small.
-    shift = q.mean(0)
-    q = q - shift
-    q_norms = _squared_norms(q, what="queries", first_index=0)
-
-    groups = _Exclusion(exclude_groups, n_queries, dev) if exclude_groups is not None else None
+    q, shift, q_norms = _centred(q, metric)
+    groups = Exclusion(exclude_groups, n_queries, dev) if exclude_groups is not None else None
 
     best_d = torch.full((n_queries, k), math.inf, device=dev)  # squared distances
     best_i = torch.full((n_queries, k), -1, dtype=torch.int64, device=dev)
 
-    # Even query blocks (5000 in blocks of 2048 -> 3 x 1667), and at least two per worker so
-    # that a worker slowed by another process does not hold up the rest for a whole block,
-    # but not so small that per-op overhead dominates.
-    n_qblocks = max(math.ceil(n_queries / query_block_size),
-                    min(2 * workers, math.ceil(n_queries / _MIN_QUERY_BLOCK)))
-    q_step = math.ceil(n_queries / n_qblocks)
+    q_step = _query_step(n_queries, query_block_size, workers)
     starts = range(0, n_queries, q_step)
     workers = min(workers, len(starts))
     # Reused buffers: a fresh allocation this size costs page faults on every block.
@@ -160,13 +155,7 @@ def _search(queries: ArrayLike, database: Database, *, k: int, metric: str, bloc
     with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         for ids, parts in _blocks(database, block_size, dim, dev):
             n = ids.numel()
-            rows = rows_buf[:n]
-            at = 0
-            for part in parts:
-                if metric == "cosine":
-                    part = _unit_rows(part, what="database", first_index=int(ids[at]))
-                torch.sub(part, shift, out=rows[at:at + part.shape[0]])
-                at += part.shape[0]
+            rows = _shifted_rows(parts, ids, rows_buf[:n], shift, metric)
             r_norms = _squared_norms(rows, what="database", first_index=int(ids[0]))
             if groups is not None:
                 groups.check_ids(ids)
@@ -190,6 +179,45 @@ def _search(queries: ArrayLike, database: Database, *, k: int, metric: str, bloc
                 for _ in pool.map(fold, starts):  # re-raises a worker's exception here
                     pass
 
+    return _sorted_result(best_d, best_i, metric)
+
+
+def _centred(q: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The queries centred on their mean (unit rows first for cosine), the shift, their squared norms.
+
+    Distances do not change under a common shift, but rounding error scales with the norms:
+    centring on the queries' mean keeps embeddings with a large common offset (all pixel means
+    near 100, say) as exact as centred ones. Any shift is correct; this one is small."""
+    if metric == "cosine":
+        q = _unit_rows(q, what="queries")
+    shift = q.mean(0)
+    q = q - shift
+    return q, shift, _squared_norms(q, what="queries", first_index=0)
+
+
+def _query_step(n_queries: int, query_block_size: int, workers: int) -> int:
+    """Rows per query block: even blocks (5000 in blocks of 2048 -> 3 x 1667), and at least two per
+    worker so that a worker slowed by another process does not hold up the rest for a whole
+    block, but not so small that per-op overhead dominates."""
+    n_qblocks = max(math.ceil(n_queries / query_block_size),
+                    min(2 * workers, math.ceil(n_queries / _MIN_QUERY_BLOCK)))
+    return math.ceil(n_queries / n_qblocks)
+
+
+def _shifted_rows(parts: Iterable[torch.Tensor], ids: torch.Tensor, rows: torch.Tensor, shift: torch.Tensor,
+                  metric: str) -> torch.Tensor:
+    """One database block in `rows` (a reused buffer), shifted like the queries (unit rows for cosine)."""
+    at = 0
+    for part in parts:
+        if metric == "cosine":
+            part = _unit_rows(part, what="database", first_index=int(ids[at]))
+        torch.sub(part, shift, out=rows[at:at + part.shape[0]])
+        at += part.shape[0]
+    return rows
+
+
+def _sorted_result(best_d: torch.Tensor, best_i: torch.Tensor, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The running top-k as knn returns it: sorted, distances (not squared), -1 where none."""
     best_d, order = torch.sort(best_d, dim=1, stable=True)
     best_i = best_i.gather(1, order)
     best_i[torch.isinf(best_d)] = -1
@@ -259,41 +287,6 @@ def _merge(scores: torch.Tensor, q: torch.Tensor, q_norms: torch.Tensor, rows: t
         new_d[a, s] = (diff * diff).sum(1)
     best_d.copy_(new_d)
     best_i.copy_(new_i)
-
-
-class _Exclusion:
-    """Group ids that forbid query/database pairs, checked per block on only the matching ids."""
-
-    def __init__(self, exclude_groups: tuple[ArrayLike, ArrayLike], n_queries: int, dev: torch.device):
-        try:
-            q_groups, d_groups = exclude_groups
-        except (TypeError, ValueError):
-            raise ValueError("exclude_groups must be a pair (query_groups, database_groups)") from None
-        self.q = _as_group_matrix(q_groups, dev, what="query groups")
-        self.d = _as_group_matrix(d_groups, dev, what="database groups")
-        if self.q.shape[0] != n_queries:
-            raise FundusError(f"query groups have {self.q.shape[0]} rows but there are {n_queries} queries")
-        if self.q.shape[1] != self.d.shape[1]:
-            raise FundusError(f"query groups have {self.q.shape[1]} columns but database groups have "
-                              f"{self.d.shape[1]}; give one column per kind of group")
-
-    def check_ids(self, ids: torch.Tensor) -> None:
-        if ids.numel() and int(ids.max()) >= self.d.shape[0]:
-            raise FundusError(f"database row {int(ids.max())} has no entry in the database groups "
-                              f"({self.d.shape[0]} rows); give one group row per database row")
-
-    def mask(self, scores: torch.Tensor, sl: slice, ids: torch.Tensor) -> None:
-        q_groups = self.q[sl]
-        d_groups = self.d[ids]
-        for c in range(q_groups.shape[1]):
-            qg = q_groups[:, c]
-            present = qg[qg >= 0]
-            # Matches are sparse (one patient's images), so compare only columns whose id occurs.
-            cols = torch.isin(d_groups[:, c], present).nonzero(as_tuple=True)[0]
-            if cols.numel() == 0:
-                continue
-            a, j = (qg[:, None] == d_groups[cols, c][None, :]).nonzero(as_tuple=True)
-            scores[a, cols[j]] = math.inf
 
 
 def _blocks(database: Database, block_size: int, dim: int, dev: torch.device
@@ -370,14 +363,3 @@ def _unit_rows(x: torch.Tensor, *, what: str, first_index: int = 0) -> torch.Ten
         raise FundusError(f"{what} row {bad} is all zeros, so its cosine distance is undefined; "
                           "use metric 'l2' or drop the row")
     return x / norms
-
-
-def _as_group_matrix(x: ArrayLike, dev: torch.device, *, what: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise FundusError(f"{what} must be integer ids (negative for none), got {t.dtype}")
-    if t.ndim == 1:
-        t = t[:, None]
-    if t.ndim != 2:
-        raise FundusError(f"{what} must be 1-D or 2-D, got shape {tuple(t.shape)}")
-    return t.to(device=dev, dtype=torch.int64)

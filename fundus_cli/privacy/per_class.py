@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fundus_cli.privacy import copying_tests as ct
 from fundus_cli.privacy import stats as st
 from fundus_cli.privacy.power import max_rank_z, min_holdout_for_alpha
 
@@ -34,8 +35,8 @@ class ClassTest:
     embedding: str
     n_synthetic: int
     n_calibration: int
-    memorization: st.MemorizationTest | None  # None: too few calibration images of this class for tau_alpha
-    z_u: st.ZTest | None  # None: too few images for Z_U to reach the failing z
+    memorization: ct.MemorizationTest | None  # None: too few calibration images of this class for tau_alpha
+    z_u: ct.ZTest | None  # None: too few images for Z_U to reach the failing z
     skipped: str | None  # why a test did not run (None: both ran)
 
 
@@ -60,10 +61,10 @@ def class_tests(results: Sequence[st.EmbeddingAudit], *, synthetic_labels: np.nd
             if len(s) == 0:
                 continue  # the generator made none of this class: nothing of it to copy
             why = []
-            mem = st.memorization_test(s, h, alpha=alpha) if len(h) >= need_h else None
+            mem = ct.memorization_test(s, h, alpha=alpha) if len(h) >= need_h else None
             if mem is None:
                 why.append(f"{len(h)} holdout images of this class, {need_h} needed for tau_alpha")
-            z = st.data_copying_z(s, h) if max_rank_z(len(s), len(h)) >= -z_fail else None
+            z = ct.data_copying_z(s, h) if max_rank_z(len(s), len(h)) >= -z_fail else None
             if z is None:
                 why.append(f"Z_U cannot reach {z_fail:g} with {len(s)} synthetic and {len(h)} holdout images")
             out.append(ClassTest(name=str(name), embedding=r.name, n_synthetic=int(len(s)),

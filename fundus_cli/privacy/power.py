@@ -8,7 +8,7 @@ is why it sits in a module of its own rather than in either.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ def max_rank_z(m: int, n: int) -> float:
 
 def min_holdout_for_alpha(alpha: float) -> int:
     """Smallest |H| with floor(alpha (|H| + 1)) >= 1: the smallest conformal p-value 1 / (|H| + 1)
-    reaches alpha, and tau_alpha exists (the same rounding as stats.memorization_test)."""
+    reaches alpha, and tau_alpha exists (the same rounding as copying_tests.memorization_test)."""
     n = 1
     while int(np.floor(alpha * (n + 1) + 1e-9)) < 1:
         n += 1
@@ -58,6 +58,16 @@ def smallest(ok: Any, start: int = 1, limit: int = 10**7) -> int | None:
     return lo
 
 
+@dataclass
+class _Tally:
+    """What the power checks found so far (see Power)."""
+
+    ran: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    need_h: list[int] = field(default_factory=list)
+    need_s: list[int] = field(default_factory=list)
+
+
 def could_fail(results: Sequence[EmbeddingAudit], th: Thresholds, n_s: int, *, accept_leave_one_out: bool,
            min_cell_synthetic: int) -> Power:
     """Which tests could have failed with these numbers of images, and what would let the others."""
@@ -65,10 +75,8 @@ def could_fail(results: Sequence[EmbeddingAudit], th: Thresholds, n_s: int, *, a
     alpha = results[0].memorization.alpha
     holdout = all(r.calibration == "holdout" for r in results)
     what = "holdout" if holdout else "leave-one-out calibration"
-    ran: list[str] = []
-    missing: list[str] = []
-    need_h: list[int] = []
-    need_s: list[int] = []
+    t = _Tally()
+    ran, missing, need_h, need_s = t.ran, t.missing, t.need_h, t.need_s
     names = ", ".join(r.name for r in results)
 
     h_alpha = min_holdout_for_alpha(alpha)
@@ -83,7 +91,28 @@ def could_fail(results: Sequence[EmbeddingAudit], th: Thresholds, n_s: int, *, a
                        f"above alpha = {alpha:g}: no synthetic image can be shown closer to a training image than "
                        f"chance, and the memorization-rate test has no tau_alpha (it needs {h_alpha}+ images)")
         need_h.append(h_alpha)
+    _zu_power(t, th, n_s=n_s, n_h=n_h, names=names, what=what)
+    cells = [r for r in results if r.cells is not None and r.cells.c_t is not None]
+    if cells:
+        ran.append("cell-wise data-copying test C_T (" + ", ".join(f"{r.name}: {r.cells.cells_used} cells"
+                                                                   for r in cells if r.cells) + ")")
+    else:
+        missing.append(f"the cell-wise data-copying test C_T was skipped in every embedding: it needs at least "
+                       f"{MIN_CELL_HOLDOUT} {what} and {min_cell_synthetic} synthetic images, and the pixel or "
+                       "learned embedding")
+        need_h.append(MIN_CELL_HOLDOUT)
+        if n_s < min_cell_synthetic:
+            need_s.append(min_cell_synthetic)
 
+    _membership_power(t, results, th, holdout=holdout)
+    return Power(ran=tuple(ran), missing=tuple(missing),
+                 min_holdout=max(need_h) if need_h and max(need_h) > n_h else None,
+                 min_synthetic=max(need_s) if need_s and max(need_s) > n_s else None)
+
+
+def _zu_power(t: _Tally, th: Thresholds, *, n_s: int, n_h: int, names: str, what: str) -> None:
+    """Can Z_U reach its failing level with these numbers of images? Else how many would it take."""
+    ran, missing, need_h, need_s = t.ran, t.missing, t.need_h, t.need_s
     zu_needed = -th.z_fail
     m = n_s
     if max_rank_z(m, n_h) >= zu_needed:
@@ -99,18 +128,10 @@ def could_fail(results: Sequence[EmbeddingAudit], th: Thresholds, n_s: int, *, a
         elif s is not None:
             need_s.append(s)
 
-    cells = [r for r in results if r.cells is not None and r.cells.c_t is not None]
-    if cells:
-        ran.append("cell-wise data-copying test C_T (" + ", ".join(f"{r.name}: {r.cells.cells_used} cells"
-                                                                   for r in cells if r.cells) + ")")
-    else:
-        missing.append(f"the cell-wise data-copying test C_T was skipped in every embedding: it needs at least "
-                       f"{MIN_CELL_HOLDOUT} {what} and {min_cell_synthetic} synthetic images, and the pixel or "
-                       "learned embedding")
-        need_h.append(MIN_CELL_HOLDOUT)
-        if n_s < min_cell_synthetic:
-            need_s.append(min_cell_synthetic)
 
+def _membership_power(t: _Tally, results: Sequence[EmbeddingAudit], th: Thresholds, *, holdout: bool) -> None:
+    """Can the membership-inference test reach the warning level with these numbers of images?"""
+    ran, missing, need_h = t.ran, t.missing, t.need_h
     members = [r for r in results if r.membership is not None]
     if members:
         mia = members[0].membership
@@ -125,7 +146,3 @@ def could_fail(results: Sequence[EmbeddingAudit], th: Thresholds, n_s: int, *, a
     elif holdout:
         # Without a holdout it cannot run: that case is INCONCLUSIVE already, unless the user accepted it.
         missing.append("the membership-inference test did not run (it needs a holdout)")
-
-    return Power(ran=tuple(ran), missing=tuple(missing),
-                 min_holdout=max(need_h) if need_h and max(need_h) > n_h else None,
-                 min_synthetic=max(need_s) if need_s and max(need_s) > n_s else None)

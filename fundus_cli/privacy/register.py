@@ -288,6 +288,13 @@ def registered_nearest(registrar: Registrar, q_pixels: np.ndarray, candidates: n
         torch.set_num_threads(workers)
     if done != len(pairs):
         raise FundusError(f"training chunks ended before row {int(t_of.max())}")
+    return _k_best(n_q, k, t_of=t_of, q_of=q_of, dist=dist, flip=flip, shift=shift, groups=groups)
+
+
+def _k_best(n_q: int, k: int, *, t_of: np.ndarray, q_of: np.ndarray, dist: np.ndarray, flip: np.ndarray,
+            shift: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per query, the k closest of its (training row, query) pairs, one per duplicate group when
+    `groups` is given, in registered_nearest's return layout."""
     out_d = np.full((n_q, k), np.inf)
     out_i = np.full((n_q, k), -1, np.int64)
     out_f = np.zeros((n_q, k), bool)
@@ -317,52 +324,6 @@ def _ordered(train: Iterable[tuple[int, np.ndarray, np.ndarray | None]]
             raise FundusError(f"training chunks must follow each other: expected offset {expected}, got {offset}")
         expected += len(rows)
         yield int(offset), rows, own
-
-
-# --------------------------------------------------------------------------- candidates: shifted views
-
-
-def view_offsets(max_shift: int) -> list[tuple[int, int]]:
-    """Shifts (dy, dx), px at the working size, of the query views searched for candidates:
-    a 3 x 3 grid of step ceil(2 max_shift / 3) without its centre (the unshifted query is
-    searched anyway). Any shift within +-max_shift is then within about max_shift / 3 of a
-    view, which the learned embedding (trained with small shifts) tolerates: on phantoms the
-    source of every 8 px shifted copy was among the 3 nearest of some view (64 dimensions)."""
-    if max_shift <= 2:
-        return []
-    g = -(-2 * max_shift // 3)
-    return [(a, b) for a in (-g, 0, g) for b in (-g, 0, g) if (a, b) != (0, 0)]
-
-
-def shift_images(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """uint8 (N, S, S, 3) images moved by (dy, dx) px, black where nothing moved in."""
-    out = np.zeros_like(images)
-    s = images.shape[1]
-    ys, yd = slice(max(-dy, 0), s - max(dy, 0)), slice(max(dy, 0), s - max(-dy, 0))
-    xs, xd = slice(max(-dx, 0), s - max(dx, 0)), slice(max(dx, 0), s - max(-dx, 0))
-    out[:, yd, xd] = images[:, ys, xs]
-    return out
-
-
-@dataclass(frozen=True)
-class Projection:
-    """Principal axes of training features, for a cheap candidate search."""
-
-    mean: np.ndarray  # float32 (D,)
-    axes: np.ndarray  # float32 (D, dims)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x, np.float32) - self.mean) @ self.axes).astype(np.float32)
-
-
-def fit_projection(x: np.ndarray, *, dims: int) -> Projection:
-    """The top ``dims`` principal axes of x (N, D) (an exact SVD in torch, which honours
-    torch's thread setting)."""
-    x = np.asarray(x, np.float64)
-    mean = x.mean(0)
-    vt = torch.linalg.svd(torch.from_numpy(x - mean), full_matrices=False).Vh
-    dims = max(1, min(dims, vt.shape[0]))
-    return Projection(mean=mean.astype(np.float32), axes=np.ascontiguousarray(vt[:dims].T.numpy(), np.float32))
 
 
 # --------------------------------------------------------------------------- confirmation

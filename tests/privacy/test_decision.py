@@ -14,6 +14,8 @@ import pytest
 
 from fundus_cli.data.quality import detail_signature, phash
 from fundus_cli.privacy import preprocess as pp
+from fundus_cli.privacy import copying_tests as ct
+from fundus_cli.privacy import neighbours as nb
 from fundus_cli.privacy import stats as st
 from fundus_cli.privacy.decision import Thresholds, decide, explain
 from fundus_cli.privacy.power import max_rank_z, min_holdout_for_alpha
@@ -312,7 +314,7 @@ def test_rule_registered_match_confirms_a_moved_copy(clean):
     p[2], r[2] = pixel.min_p, 0.02  # the registered distance alone flags image 2
     shift = np.zeros((n, 1, 2), np.int64)
     shift[2, 0] = (8, -3)
-    near = st.Nearest(distance=pixel.synthetic.distance[:, :1], index=pixel.synthetic.index[:, :1],
+    near = nb.Nearest(distance=pixel.synthetic.distance[:, :1], index=pixel.synthetic.index[:, :1],
                       flipped=pixel.synthetic.flipped[:, :1], part=pixel.synthetic.part[:, :1], shift=shift)
     registered = dataclasses.replace(pixel, name="registered", synthetic=near, p_values=p, ratio=r, membership=None)
     alone = decide([pixel, tiled, registered])
@@ -358,7 +360,7 @@ def test_power_arithmetic():
     assert min_holdout_for_alpha(0.05) == 19 and min_holdout_for_alpha(0.01) == 99 and min_holdout_for_alpha(0.5) == 1
     assert max_rank_z(40, 12) == pytest.approx(np.sqrt(3 * 40 * 12 / 53))
     # Complete separation of m against n values reaches exactly that z.
-    z = st.data_copying_z(np.zeros(7), np.ones(5)).z
+    z = ct.data_copying_z(np.zeros(7), np.ones(5)).z
     assert z == pytest.approx(-max_rank_z(7, 5))
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fundus_cli.privacy import preprocess as pp
-from fundus_cli.privacy import stats as st
-from fundus_cli.privacy.embeddings import (EncoderConfig, Vectors, learned_embedding, pixel_embedding,
-                                           tiled_embedding, train_encoder, weights_sha256)
+from fundus_cli.privacy import neighbours as nb
+from fundus_cli.privacy.embeddings import Vectors, pixel_embedding, tiled_embedding
+from fundus_cli.privacy.learned import EncoderConfig, learned_embedding, train_encoder, weights_sha256
 
 
 def photos(n: int, *, seed: int, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +61,7 @@ def test_pixel_distance_is_the_correlation_distance_and_flips_mirror(data):
     imgs, masks, mask = data
     x = pp.prepare(imgs[:5], masks[:5], mask=mask)
     v = pixel_embedding(x, mask)
-    near = st.nearest(v.take(np.array([0])), v.take(np.array([1])), k=1, flips=False)
+    near = nb.nearest(v.take(np.array([0])), v.take(np.array([1])), k=1, flips=False)
     r = np.corrcoef(x[0][mask].ravel(), x[1][mask].ravel())[0, 1]
     assert near.dcr[0] == pytest.approx(np.sqrt(2 - 2 * r), rel=1e-5)
     mirrored = pixel_embedding(pp.flip(x), mask, flips=False)
@@ -76,12 +76,12 @@ def test_tiled_distance_finds_a_pasted_quarter_and_skips_flat_tiles(data):
     x = pp.prepare(np.concatenate([imgs[:6], pasted[None]]), masks[:7], mask=mask)
     train, query = tiled_embedding(x[:6], mask), tiled_embedding(x[6:], mask)
     assert len(train.parts) == 12
-    near = st.nearest(query, train, k=2)
+    near = nb.nearest(query, train, k=2)
     assert near.index[0, 0] == 3 and near.dcr[0] < 1e-3 and near.distance[0, 1] > 0.05
     tile = train.names[near.part[0, 0]]
     row, col = map(int, tile.split()[1].split(","))
     assert row <= 1 and col >= 2  # a tile inside the pasted quarter
-    whole = st.nearest(pixel_embedding(x[6:], mask), pixel_embedding(x[:6], mask), k=1)
+    whole = nb.nearest(pixel_embedding(x[6:], mask), pixel_embedding(x[:6], mask), k=1)
     assert whole.dcr[0] > 0.1  # three quarters differ: the whole-image distance does not see it
 
     flat = np.full((2, 48, 48, 3), 120, np.uint8) * masks[:2, ..., None]
@@ -93,7 +93,7 @@ def test_tiled_distance_finds_a_pasted_quarter_and_skips_flat_tiles(data):
     # Image 1 is entirely flat: standardised it is all zeros, so every tile is blank and two
     # flat tiles never count as a match.
     assert not fx[1].any() and all(b[1] for b in fv.blank)
-    assert st.nearest(fv.take(np.array([1])), fv.take(np.array([0])), k=1).dcr[0] >= 0.99
+    assert nb.nearest(fv.take(np.array([1])), fv.take(np.array([0])), k=1).dcr[0] >= 0.99
 
 
 def test_learned_embedding_is_seeded_and_recorded(data):
@@ -114,7 +114,7 @@ def test_learned_embedding_is_seeded_and_recorded(data):
     # Batch composition does not matter (GroupNorm, not BatchNorm), so a copy is at distance ~0.
     alone = learned_embedding(a, imgs[3:4], masks[3:4], batch=1)
     np.testing.assert_allclose(alone.parts[0][0], va.parts[0][3], atol=1e-5)
-    near = st.nearest(alone, va, k=1)
+    near = nb.nearest(alone, va, k=1)
     assert near.index[0, 0] == 3 and near.dcr[0] < 1e-3
 
 
@@ -127,7 +127,7 @@ def test_trained_encoder_keeps_transformed_copies_near_their_source(data):
 
     def recall(enc, transform) -> float:
         q = np.stack([transform(i) for i in imgs[src]])
-        near = st.nearest(learned_embedding(enc, q, masks[src]), learned_embedding(enc, imgs, masks), k=1)
+        near = nb.nearest(learned_embedding(enc, q, masks[src]), learned_embedding(enc, imgs, masks), k=1)
         return float((near.index[:, 0] == src).mean())
 
     def shift(img):  # 3 px at 48 px: about 8 px of a 128 px photograph

@@ -9,6 +9,7 @@ from fundus_cli.testing import quick_fundus
 from fundus_cli.errors import FundusError
 from fundus_cli.privacy import preprocess as pp
 from fundus_cli.privacy import register as rg
+from fundus_cli.privacy import views as vw
 
 S, SHIFT = 24, 3  # tiny, so that the brute force below is quick
 
@@ -85,7 +86,7 @@ def test_moved_and_mirrored_copies_come_out_at_zero_also_with_cut_off_bands():
     cases = [(0, (8, -5), False), (2, (-7, 8), False), (4, (3, 2), True), (2, (6, 0), True)]
     copies = []
     for t, (dy, dx), flip in cases:
-        moved = rg.shift_images(imgs[t:t + 1], dy, dx)[0]
+        moved = vw.shift_images(imgs[t:t + 1], dy, dx)[0]
         copies.append(moved[:, ::-1] if flip else moved)
     # A generator's copy carries the generator's full disc mask, black bands included.
     q = pp.prepare(np.stack(copies), np.broadcast_to(pp.disc(64), (len(cases), 64, 64)), mask=mask)[:, mask]
@@ -129,14 +130,14 @@ def test_registered_nearest_re_ranks_candidates_by_chunk_with_duplicate_groups(d
 
 
 def test_views_shifts_and_fine_detail_confirmation():
-    assert rg.view_offsets(8) == [(a, b) for a in (-6, 0, 6) for b in (-6, 0, 6) if (a, b) != (0, 0)]
-    assert rg.view_offsets(2) == []
+    assert vw.view_offsets(8) == [(a, b) for a in (-6, 0, 6) for b in (-6, 0, 6) if (a, b) != (0, 0)]
+    assert vw.view_offsets(2) == []
     img = np.arange(2 * 5 * 5 * 3, dtype=np.uint8).reshape(2, 5, 5, 3)
-    moved = rg.shift_images(img, 2, -1)
+    moved = vw.shift_images(img, 2, -1)
     np.testing.assert_array_equal(moved[:, 2:, :4], img[:, :3, 1:])
     assert not moved[:, :2].any() and not moved[:, :, 4].any()
     imgs, _ = quick_fundus(3, seed=2, size=64)
-    copy = rg.shift_images(imgs[:1], -5, 7)[0][:, ::-1]
+    copy = vw.shift_images(imgs[:1], -5, 7)[0][:, ::-1]
     same = rg.detail_correlation(copy, imgs[0], shift=(-5, 7), flipped=True, working_size=64)
     other = rg.detail_correlation(copy, imgs[1], shift=(-5, 7), flipped=True, working_size=64)
     assert same > 0.95 and other < 0.9  # the rule: >= 0.9 (DUP_CORRELATION)

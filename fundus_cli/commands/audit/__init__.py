@@ -2,8 +2,8 @@
 
 The calibrated nearest-neighbour audit of AUDIT.md, put together from ``privacy/``:
 every image is prepared inside one common field-of-view disc (``preprocess``), embedded
-(``embeddings``: masked pixels, their 4 x 4 tiled variant, an encoder trained on the
-training set only), compared with the training set under flips (``stats.nearest`` over
+(``embeddings``: masked pixels, their 4 x 4 tiled variant; ``learned``: an encoder trained on
+the training set only), compared with the training set under flips (``neighbours.nearest`` over
 ``knn``), calibrated on holdout-to-training distances (``stats.audit_embedding``) and
 judged (``decision.decide``): PASS / WARN (exit 0), FAIL (exit 1), INCONCLUSIVE (exit 3,
 no holdout and not accepted).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from fundus_cli.errors import FundusError
 from fundus_cli.privacy import preprocess as pp
 from fundus_cli.privacy import stats as st
 from fundus_cli.privacy.decision import Thresholds
-from fundus_cli.privacy.embeddings import EncoderConfig
+from fundus_cli.privacy.learned import EncoderConfig
+from fundus_cli.progress import line
 
 
 EMBEDDINGS = ("pixel", "tiled", "learned", "registered")  # in the order they are computed and reported
@@ -159,3 +161,24 @@ def check_inputs(cfg: AuditConfig, train: h5.DatasetReader, synth: h5.DatasetRea
     for r in (train, synth, hold):
         if r is not None and r.info.image_size < cfg.size:
             notes.append(f"{r.path} stores {r.info.image_size} px images, upscaled to the {cfg.size} px working size")
+
+
+@dataclass(frozen=True)
+class Audit:
+    """What every step of one audit and its report read: its settings, device and open files (and the
+    notes the steps add to)."""
+
+    cfg: AuditConfig
+    names: tuple[str, ...]  # embeddings, in EMBEDDINGS order
+    thresholds: Thresholds
+    settings: st.AuditSettings
+    device: Any
+    train: h5.DatasetReader
+    synth: h5.DatasetReader
+    hold: h5.DatasetReader | None
+    notes: list[str]
+    started: float = field(default_factory=time.perf_counter)
+
+    def stage(self, text: str) -> None:
+        """One progress line on stderr per stage, with the time so far (also in logs: not a bar)."""
+        line(f"audit-privacy: {text} ({time.perf_counter() - self.started:.0f} s)")

@@ -15,9 +15,10 @@ from fundus_cli.commands.audit.config import AuditConfig
 from fundus_cli.data import h5
 from fundus_cli.data.quality import phash
 from fundus_cli.privacy import preprocess as pp
-from fundus_cli.privacy import register as rg
-from fundus_cli.privacy import stats as st
-from fundus_cli.privacy.embeddings import LearnedEncoder, Vectors, learned_embedding, pixel_embedding, tiled_embedding
+from fundus_cli.privacy import views as vw
+from fundus_cli.privacy import neighbours as nb
+from fundus_cli.privacy.embeddings import Vectors, pixel_embedding, tiled_embedding
+from fundus_cli.privacy.learned import LearnedEncoder, learned_embedding
 from fundus_cli.progress import track
 
 
@@ -141,7 +142,7 @@ class Views:
 
     encoder: LearnedEncoder
     offsets: list[tuple[int, int]]  # px at the working size
-    projection: rg.Projection
+    projection: vw.Projection
     working_size: int
     device: Any
 
@@ -150,7 +151,7 @@ class Views:
         s = images.shape[1]
         out = []
         for dy, dx in self.offsets:
-            moved = rg.shift_images(images, round(dy * s / self.working_size), round(dx * s / self.working_size))
+            moved = vw.shift_images(images, round(dy * s / self.working_size), round(dx * s / self.working_size))
             v = learned_embedding(self.encoder, moved, fov, flips=False, device=self.device)
             out.append(self.projection(v.parts[0]))
         return np.stack(out, 1)
@@ -158,11 +159,11 @@ class Views:
 
 def view_embedder(cfg: AuditConfig, names: tuple[str, ...], encoder: LearnedEncoder | None, lrn: Spill | None,
                    t_dups: np.ndarray, n_t: int, max_shift: int, device: Any) -> Views | None:
-    offsets = rg.view_offsets(max_shift)
+    offsets = vw.view_offsets(max_shift)
     if "registered" not in names or encoder is None or lrn is None or not offsets:
         return None
-    rows = st.sample_train(n_t, _VIEW_FIT, dup_groups=t_dups, seed=cfg.seed, stream=_SEED_VIEWS)
-    projection = rg.fit_projection(lrn.take(rows)[:, :encoder.model.feature_dim], dims=VIEW_DIMS)
+    rows = nb.sample_train(n_t, _VIEW_FIT, dup_groups=t_dups, seed=cfg.seed, stream=_SEED_VIEWS)
+    projection = vw.fit_projection(lrn.take(rows)[:, :encoder.model.feature_dim], dims=VIEW_DIMS)
     return Views(encoder=encoder, offsets=offsets, projection=projection, working_size=cfg.size, device=device)
 
 
@@ -179,5 +180,5 @@ def _view_candidates(views: Views, q_views: np.ndarray, lrn: Spill, *, chunk: in
             yield a, Vectors(parts=(views.projection(rows[:, :d]), views.projection(rows[:, d:])))
 
     excl = None if exclude is None else (np.repeat(exclude[0], n_views, axis=0), exclude[1])
-    near = st.nearest(Vectors(parts=(flat, flat)), chunks, k=VIEW_K, exclude=excl, dedupe=dedupe, device=str(device))
+    near = nb.nearest(Vectors(parts=(flat, flat)), chunks, k=VIEW_K, exclude=excl, dedupe=dedupe, device=str(device))
     return near.index.reshape(n, n_views * VIEW_K)

@@ -11,6 +11,7 @@ import numpy as np
 from fundus_cli.commands.audit.embed import Side, Spill, unflatten
 from fundus_cli.data import h5
 from fundus_cli.privacy import preprocess as pp
+from fundus_cli.privacy import neighbours as nb
 from fundus_cli.privacy import stats as st
 from fundus_cli.privacy.decision import Decision, Flag, Thresholds
 from fundus_cli.privacy.embeddings import Vectors
@@ -19,20 +20,20 @@ from fundus_cli.privacy.embeddings import Vectors
 _PAIRS = 6  # rows of nearest-pairs.png
 
 
-def reference_pairs(r: st.EmbeddingAudit, h_vec: Vectors | None, train: st.Chunks, groups: np.ndarray,
+def reference_pairs(r: st.EmbeddingAudit, h_vec: Vectors | None, train: nb.Chunks, groups: np.ndarray,
                      device: Any) -> list[tuple[int, int, bool, float]]:
     """The calibration images closest to the training set, with their nearest training image:
     holdout rows (of the used holdout), or training rows (leave-one-out)."""
     order = np.argsort(r.calibration_dcr, kind="stable")[:_PAIRS]
     if h_vec is not None:
-        near = st.nearest(h_vec.take(order), train, k=1, device=str(device))
+        near = nb.nearest(h_vec.take(order), train, k=1, device=str(device))
         queries = order
     else:
         assert r.calibration_rows is not None
         rows = r.calibration_rows[order]
         sorted_rows = np.sort(rows)
-        q = st.gather(train, sorted_rows).take(np.searchsorted(sorted_rows, rows))
-        near = st.nearest(q, train, k=1, exclude=(groups[rows], groups), device=str(device))
+        q = nb.gather(train, sorted_rows).take(np.searchsorted(sorted_rows, rows))
+        near = nb.nearest(q, train, k=1, exclude=(groups[rows], groups), device=str(device))
         queries = rows
     return [(int(qr), int(near.index[i, 0]), bool(near.flipped[i, 0]), float(near.dcr[i]))
             for i, qr in enumerate(queries) if near.index[i, 0] >= 0]

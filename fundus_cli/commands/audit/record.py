@@ -11,17 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from fundus_cli.commands.audit.config import AuditConfig, FLAGGED_COLUMNS, SIGNIFICANT
+from fundus_cli.commands.audit.config import FLAGGED_COLUMNS, SIGNIFICANT, Audit
 from fundus_cli.commands.audit.embed import VIEW_DIMS, VIEW_K
 from fundus_cli.data import h5
 from fundus_cli.data.quality import DUP_CORRELATION
 from fundus_cli.fsio import write_csv_atomic
 from fundus_cli.privacy import per_class
 from fundus_cli.privacy import preprocess as pp
-from fundus_cli.privacy import register as rg
+from fundus_cli.privacy import views as vw
 from fundus_cli.privacy import stats as st
-from fundus_cli.privacy.decision import Decision, Thresholds
-from fundus_cli.privacy.embeddings import LearnedEncoder
+from fundus_cli.privacy.decision import Decision
+from fundus_cli.privacy.learned import LearnedEncoder
 from fundus_cli.schemas.audit_report import AUDIT_REPORT
 
 
@@ -102,14 +102,7 @@ def dumps_report(report: dict[str, Any]) -> str:
 class ReportInputs:
     """What report.json states besides the results: the run's settings, files and working choices."""
 
-    cfg: AuditConfig
-    names: tuple[str, ...]
-    thresholds: Thresholds
-    settings: st.AuditSettings
-    device: Any
-    train: h5.DatasetReader
-    synth: h5.DatasetReader
-    hold: h5.DatasetReader | None
+    audit: Audit  # the run's settings, device and open files
     h_used: int  # holdout images used for the calibration
     excluded: list[dict[str, Any]]  # holdout images left out, with why
     mask: np.ndarray
@@ -119,14 +112,14 @@ class ReportInputs:
 
     @property
     def calibrated_on(self) -> str:
-        return "holdout" if self.hold is not None else "leave-one-out"
+        return "holdout" if self.audit.hold is not None else "leave-one-out"
 
 
 def report_body(r: ReportInputs, *, decision: Decision, summary: str, checkpoint: dict[str, Any],
                 embeddings: dict[str, Any], classes: list[per_class.ClassTest], class_names: tuple[str, ...] | None,
                 phash_bits: np.ndarray, notes: list[str], artefacts: list[str]) -> dict[str, Any]:
     """report.json's content (stamped with its format; `dumps_report` gives its canonical text)."""
-    cfg, hold, encoder = r.cfg, r.hold, r.encoder
+    cfg, hold, encoder = r.audit.cfg, r.audit.hold, r.encoder
     return AUDIT_REPORT.stamp({
         "decision": {"status": decision.status, "exit_code": decision.exit_code, "summary": summary,
                      "reasons": list(decision.reasons), "warnings": list(decision.warnings),
@@ -135,15 +128,15 @@ def report_body(r: ReportInputs, *, decision: Decision, summary: str, checkpoint
                      "n_flagged": len(decision.flags), "confirmed_copies": list(decision.confirmed)},
         "checkpoint": checkpoint,
         "inputs": {
-            "train": input_record(r.train, cfg.train),
+            "train": input_record(r.audit.train, cfg.train),
             "holdout": None if hold is None else input_record(hold, cfg.holdout) | {
                 "used": int(r.h_used), "excluded": len(r.excluded)},
-            "synthetic": input_record(r.synth, cfg.synthetic),
+            "synthetic": input_record(r.audit.synth, cfg.synthetic),
         },
         "calibration": r.calibrated_on,
         "holdout_excluded": r.excluded,
         "settings": _settings_record(r),
-        "thresholds": r.thresholds.to_dict(),
+        "thresholds": r.audit.thresholds.to_dict(),
         "learned_encoder": None if encoder is None else {
             "weights_sha256": encoder.weights_sha256, "feature_dim": encoder.model.feature_dim,
             "steps": len(encoder.losses), "loss_first": encoder.losses[0] if encoder.losses else None,
@@ -162,18 +155,18 @@ def report_body(r: ReportInputs, *, decision: Decision, summary: str, checkpoint
 
 
 def _settings_record(r: ReportInputs) -> dict[str, Any]:
-    cfg = r.cfg
+    cfg = r.audit.cfg
     return {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()
                    if k not in ("out", "force", "device")},
-        "device": str(r.device.type),
-        "embeddings": list(r.names),
+        "device": str(r.audit.device.type),
+        "embeddings": list(r.audit.names),
         "working_size": cfg.size,
         "mask": {"pixels": int(r.mask.sum()), "coverage": pp.DEFAULT_COVERAGE, "shrink": pp.DEFAULT_SHRINK},
-        "statistics": r.settings.__dict__,
-        "registration": None if "registered" not in r.names else {
+        "statistics": r.audit.settings.__dict__,
+        "registration": None if "registered" not in r.audit.names else {
             "max_shift": r.max_shift, "candidates_per_source": cfg.register_k,
-            "view_shifts": [list(v) for v in rg.view_offsets(r.max_shift)] if r.views else [],
+            "view_shifts": [list(v) for v in vw.view_offsets(r.max_shift)] if r.views else [],
             "view_candidates": VIEW_K if r.views else 0, "view_dims": VIEW_DIMS,
             "confirm_detail_correlation": DUP_CORRELATION},
         "encoder": None if r.encoder is None else r.encoder.config.to_dict(),

@@ -13,6 +13,7 @@ from fundus_cli.commands.audit.embed import Side, Spill, Views, _view_candidates
 from fundus_cli.data import h5
 from fundus_cli.data.quality import DUP_CORRELATION, detail_signature
 from fundus_cli.privacy import register as rg
+from fundus_cli.privacy import neighbours as nb
 from fundus_cli.privacy import stats as st
 from fundus_cli.privacy.decision import Thresholds
 
@@ -77,7 +78,7 @@ def audit_registered(cfg: AuditConfig, results: list[st.EmbeddingAudit], *, sett
     d, i, f, sh = rg.registered_nearest(rg.Registrar(mask, max_shift=max_shift),
                                         np.concatenate([s_side.pixels, cal_side.pixels]), cand, chunks, k=k,
                                         groups=dedupe)
-    near = st.Nearest(distance=d, index=i, flipped=f, part=np.zeros(i.shape, np.int32), shift=sh)
+    near = nb.Nearest(distance=d, index=i, flipped=f, part=np.zeros(i.shape, np.int32), shift=sh)
     return st.audit_nearest("registered", synthetic=near.take(slice(0, n_s)), calibration=near.take(slice(n_s, None)),
                             calibration_kind="leave-one-out" if loo else "holdout", calibration_rows=cal_rows,
                             settings=settings)

@@ -1,11 +1,10 @@
-"""`audit_privacy`: the audit as named steps over one `_Audit` (settings and open files):
+"""`audit_privacy`: the audit as named steps over one `Audit` (settings and open files):
 prepare the training set, clean the calibration set, audit each embedding, decide, write."""
 
 from __future__ import annotations
 
 import contextlib
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from fundus_cli import training_length
-from fundus_cli.commands.audit.config import (AuditConfig, AuditResult, SEED_HOLDOUT, check_config, check_inputs,
+from fundus_cli.commands.audit.config import (Audit, AuditConfig, AuditResult, SEED_HOLDOUT, check_config, check_inputs,
                                               parse_embeddings)
 from fundus_cli.commands.audit.embed import Rows, Side, Spill, Views, read_side, vectors, view_embedder
 from fundus_cli.commands.audit.pairs import reference_display, reference_pairs, synthetic_pairs
@@ -28,10 +27,12 @@ from fundus_cli.errors import FundusError
 from fundus_cli.fsio import write_text_atomic
 from fundus_cli.privacy import per_class
 from fundus_cli.privacy import preprocess as pp
+from fundus_cli.privacy import neighbours as nb
 from fundus_cli.privacy import stats as st
 from fundus_cli.privacy.decision import Decision, Thresholds, decide, explain
-from fundus_cli.privacy.embeddings import EncoderConfig, LearnedEncoder, Vectors, learned_embedding, train_encoder
-from fundus_cli.progress import line, track
+from fundus_cli.privacy.embeddings import Vectors
+from fundus_cli.privacy.learned import EncoderConfig, LearnedEncoder, learned_embedding, train_encoder
+from fundus_cli.progress import track
 
 
 def audit_privacy(cfg: AuditConfig) -> AuditResult:
@@ -57,29 +58,9 @@ def audit_privacy(cfg: AuditConfig) -> AuditResult:
         check_inputs(cfg, train, synth, hold, notes)
         out.mkdir(parents=True, exist_ok=True)
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".audit-scratch-", dir=out)))
-        a = _Audit(cfg=cfg, names=names, thresholds=thresholds, settings=settings, device=device, train=train,
+        a = Audit(cfg=cfg, names=names, thresholds=thresholds, settings=settings, device=device, train=train,
                    synth=synth, hold=hold, notes=notes)
         return _run(a, scratch)
-
-
-@dataclass(frozen=True)
-class _Audit:
-    """What every step of one audit reads: its settings, device and open files (and the notes it adds to)."""
-
-    cfg: AuditConfig
-    names: tuple[str, ...]  # embeddings, in EMBEDDINGS order
-    thresholds: Thresholds
-    settings: st.AuditSettings
-    device: Any
-    train: h5.DatasetReader
-    synth: h5.DatasetReader
-    hold: h5.DatasetReader | None
-    notes: list[str]
-    started: float = field(default_factory=time.perf_counter)
-
-    def stage(self, text: str) -> None:
-        """One progress line on stderr per stage, with the time so far (also in logs: not a bar)."""
-        line(f"audit-privacy: {text} ({time.perf_counter() - self.started:.0f} s)")
 
 
 @dataclass
@@ -98,7 +79,7 @@ class _Training:
     max_shift: int
     views: Views | None
 
-    def chunks(self, name: str, chunk: int) -> st.Chunks:
+    def chunks(self, name: str, chunk: int) -> nb.Chunks:
         """The training vectors of embedding `name`, `chunk` rows at a time, streamed from scratch."""
         def gen() -> Iterator[tuple[int, Vectors]]:
             if name == "learned":
@@ -133,7 +114,7 @@ class _Verdict:
     phash_bits: np.ndarray  # per synthetic image: bits to the nearest training hash (unconfirmed: beyond any)
 
 
-def _run(a: _Audit, scratch: Path) -> AuditResult:
+def _run(a: Audit, scratch: Path) -> AuditResult:
     t = _prepare_training(a, scratch)
     a.stage(f"{len(a.train)} training images embedded ({', '.join(a.names)}) at {a.cfg.size} px")
     cal = _calibration(a, t)
@@ -150,7 +131,7 @@ def _run(a: _Audit, scratch: Path) -> AuditResult:
     return result
 
 
-def _prepare_training(a: _Audit, scratch: Path) -> _Training:
+def _prepare_training(a: Audit, scratch: Path) -> _Training:
     """One pass over the training images: the common mask, the learned encoder, and every image
     prepared and embedded once, spilled to `scratch` for the statistics' passes."""
     cfg, train, chunk = a.cfg, a.train, a.cfg.chunk
@@ -189,7 +170,7 @@ def _prepare_training(a: _Audit, scratch: Path) -> _Training:
                      views=view_embedder(cfg, a.names, encoder, lrn, dups, n_t, max_shift, a.device))
 
 
-def _calibration(a: _Audit, t: _Training) -> _Calibration:
+def _calibration(a: Audit, t: _Training) -> _Calibration:
     """Holdout hygiene: duplicates of training images and training patients make chance look
     closer, so they are left out; the rest (capped at max_holdout) is read and embedded."""
     cfg, hold, train, chunk = a.cfg, a.hold, a.train, a.cfg.chunk
@@ -223,12 +204,12 @@ def _calibration(a: _Audit, t: _Training) -> _Calibration:
     return _Calibration(side=side, overlap=overlap, sources=h_sources, patients=h_patients)
 
 
-def _audit_embeddings(a: _Audit, t: _Training, cal: _Calibration, s_side: Side
+def _audit_embeddings(a: Audit, t: _Training, cal: _Calibration, s_side: Side
                       ) -> tuple[list[st.EmbeddingAudit], list[tuple[int, int, bool, float]]]:
     """Each embedding's calibrated tests, and the reference pairs of the primary one (for the figure)."""
     n_t = len(a.train)
     primary = "pixel" if "pixel" in a.names else a.names[0]
-    groups = st.train_groups(t.dups, t.patients, n_t)
+    groups = nb.train_groups(t.dups, t.patients, n_t)
     results: list[st.EmbeddingAudit] = []
     reference: list[tuple[int, int, bool, float]] = []  # (query row, training row, flipped, distance)
     with track("auditing", len(a.names), unit="embedding") as advance:
@@ -255,7 +236,7 @@ def _audit_embeddings(a: _Audit, t: _Training, cal: _Calibration, s_side: Side
     return results, reference
 
 
-def _decide(a: _Audit, t: _Training, cal: _Calibration, s_side: Side,
+def _decide(a: Audit, t: _Training, cal: _Calibration, s_side: Side,
             results: list[st.EmbeddingAudit]) -> _Verdict:
     """Confirm hash and registered matches, run the per-class tests, and apply the decision rules."""
     cfg, synth, train = a.cfg, a.synth, a.train
@@ -283,7 +264,7 @@ def _decide(a: _Audit, t: _Training, cal: _Calibration, s_side: Side,
                     class_names=class_names, phash_bits=s_bits)
 
 
-def _write(a: _Audit, t: _Training, cal: _Calibration, s_side: Side, results: list[st.EmbeddingAudit],
+def _write(a: Audit, t: _Training, cal: _Calibration, s_side: Side, results: list[st.EmbeddingAudit],
            reference: list[tuple[int, int, bool, float]], v: _Verdict) -> AuditResult:
     """flagged.csv, the figures, then report.json (last: after a crash there is no report rather
     than a stale one beside new figures)."""
@@ -299,10 +280,8 @@ def _write(a: _Audit, t: _Training, cal: _Calibration, s_side: Side, results: li
         "dcr_synthetic_min": float(np.min(r.synthetic.dcr)),
         "ratio_synthetic_min": float(np.nanmin(r.ratio)) if np.isfinite(r.ratio).any() else None,
     }) for r in results}
-    record = ReportInputs(cfg=a.cfg, names=a.names, thresholds=a.thresholds, settings=a.settings, device=a.device,
-                          train=a.train, synth=a.synth, hold=a.hold, h_used=0 if cal.side is None else
-                          len(cal.side.rows), excluded=excluded, mask=t.mask, max_shift=t.max_shift,
-                          views=t.views is not None, encoder=t.encoder)
+    record = ReportInputs(audit=a, h_used=0 if cal.side is None else len(cal.side.rows), excluded=excluded,
+                          mask=t.mask, max_shift=t.max_shift, views=t.views is not None, encoder=t.encoder)
     report = report_body(record, decision=v.decision, summary=v.summary, checkpoint=v.checkpoint,
                          embeddings=embeddings, classes=v.classes, class_names=v.class_names,
                          phash_bits=v.phash_bits, notes=a.notes,
@@ -321,7 +300,7 @@ def _write(a: _Audit, t: _Training, cal: _Calibration, s_side: Side, results: li
         min_holdout=d.min_holdout, checkpoint_note=v.checkpoint.get("note"))
 
 
-def _figures(a: _Audit, t: _Training, cal: _Calibration, s_side: Side, results: list[st.EmbeddingAudit],
+def _figures(a: Audit, t: _Training, cal: _Calibration, s_side: Side, results: list[st.EmbeddingAudit],
              reference: list[tuple[int, int, bool, float]], v: _Verdict) -> list[Path]:
     """nearest-pairs.png (the closest synthetic/training pairs beside the calibration's) and distances.png."""
     from fundus_cli.privacy.figures import DistancePanel, distance_histograms, nearest_pairs

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -77,12 +78,9 @@ def plan_phantoms(*, n: int, seed: int) -> list[PhantomSpec]:
     return specs
 
 
-def _plan_patient(rng: np.random.Generator, patient: int, eyes: tuple[str, ...]) -> list[PhantomSpec]:
+def _camera(rng: np.random.Generator) -> dict[str, Any]:
+    """Image size, field-of-view circle (sometimes wider than the frame is tall) and notch."""
     u = rng.uniform
-    label = int(rng.choice(len(CLASS_NAMES), p=_CLASS_P))
-    severity = float(u(0.25, 1.0))
-
-    # One camera per patient: both eyes share image size, circle and notch.
     cut = rng.random() < 0.3
     width = int(u(600, 2000))
     aspect = u(1.3, 1.5) if cut else u(1.0, 1.5)
@@ -97,6 +95,16 @@ def _plan_patient(rng: np.random.Generator, patient: int, eyes: tuple[str, ...])
     notch = str(rng.choice(["rect", "triangle"])) if rng.random() < 0.2 else "none"
     notch_angle = float(rng.choice([-0.25, -0.75, 0.25, 0.75]) * math.pi + u(-0.2, 0.2))
     notch_size = float(u(0.025, 0.05))
+    return {"width": width, "height": height, "fov_cx": round(float(cx), 2), "fov_cy": round(float(cy), 2),
+            "fov_r": round(float(r), 2), "notch": notch, "notch_angle": notch_angle, "notch_size": notch_size}
+
+
+def _plan_patient(rng: np.random.Generator, patient: int, eyes: tuple[str, ...]) -> list[PhantomSpec]:
+    u = rng.uniform
+    label = int(rng.choice(len(CLASS_NAMES), p=_CLASS_P))
+    severity = float(u(0.25, 1.0))
+
+    camera = _camera(rng)  # one per patient: both eyes share image size, circle and notch
 
     red = u(0.62, 0.95)
     green = red * u(0.32, 0.62)
@@ -117,17 +125,10 @@ def _plan_patient(rng: np.random.Generator, patient: int, eyes: tuple[str, ...])
     for eye in eyes:
         specs.append(
             PhantomSpec(
-                width=width,
-                height=height,
-                fov_cx=round(float(cx), 2),
-                fov_cy=round(float(cy), 2),
-                fov_r=round(float(r), 2),
+                **camera,
                 label=label,
                 patient=patient,
                 eye=eye,
-                notch=notch,
-                notch_angle=notch_angle,
-                notch_size=notch_size,
                 colour=(float(red), float(green), float(blue)),
                 brightness=float(brightness * u(0.92, 1.08)),
                 vignette=float(u(0.15, 0.45)),

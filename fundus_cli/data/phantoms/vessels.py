@@ -91,7 +91,8 @@ def _vessel_tree(
 
 def _grow(sp: _Sprout, rng: random.Random, stack: list[_Sprout], D: tuple[float, float],
           F: tuple[float, float], rho0: float, fav: float) -> tuple[list, list, bool]:
-    Dx, Dy = D
+    """One vessel from its sprout to where it leaves the field of view, thins out or reaches the
+    fovea; its side branches go on `stack`. Returns (points, widths, artery)."""
     Fx, Fy = F
     x, y, th, w = sp.x, sp.y, sp.theta, sp.w
     pts = [(x, y)]
@@ -112,22 +113,7 @@ def _grow(sp: _Sprout, rng: random.Random, stack: list[_Sprout], D: tuple[float,
         next_branch += 0.5 * rho0 * 0.3
     travelled = 0.0
     for _ in range(600):
-        # Desired heading.
-        if sp.kind == "arcade":
-            # Leave the disc steeply, then flatten out above / below the macula while still
-            # diverging, so the two arcades never meet at the temporal raphe.
-            a = sp.final + (abs(sp.theta) - sp.final) * math.exp(-travelled / sp.bend)
-            ddx, ddy = math.cos(a), sp.side * math.sin(a)
-        elif sp.kind in ("macular", "in"):
-            ddx, ddy = Fx - x, Fy - y
-        else:  # away from the posterior pole: from the disc nearby, from the fovea further out
-            ax, ay = x - Dx, y - Dy
-            bx, by = x - Fx, y - Fy
-            na = max(ax * ax + ay * ay, 1e-4)
-            nb = max(bx * bx + by * by, 1e-4)
-            ddx, ddy = ax / na + 0.8 * bx / nb, ay / na + 0.8 * by / nb
-            if sp.kind == "nasal":
-                ddx -= 2.0  # nasal trunks keep heading nasally
+        ddx, ddy = _heading(sp, x, y, travelled, D, F)
         diff = (math.atan2(ddy, ddx) - th + math.pi) % (2 * math.pi) - math.pi
         th += diff * min(1.0, gain * step)
         kappa = kappa * decay + kick * rng.gauss(0, 1)
@@ -144,31 +130,62 @@ def _grow(sp: _Sprout, rng: random.Random, stack: list[_Sprout], D: tuple[float,
             break
         if travelled >= next_branch:
             next_branch = travelled + 0.02 + rng.expovariate(1 / interval)
-            if sp.depth >= _MAX_DEPTH:
-                continue
-            inward = sp.kind == "arcade" and rng.random() < 0.3
-            if inward:
-                c = rng.uniform(0.25, 0.45)
-            elif sp.depth == 0:  # trunks give off mostly small side branches and stay wide
-                c = rng.uniform(0.25, 0.65)
-            else:
-                c = rng.uniform(0.35, 0.8)
-            cw = w * c
-            if cw < _W_MIN * 1.3:
-                continue
-            angle = rng.uniform(0.45, 1.1)
-            # Pick the side that points away from (or, for inward branches, towards) the fovea.
-            ox, oy = x - Fx, y - Fy
-            s_plus = math.cos(th + angle) * ox + math.sin(th + angle) * oy
-            s_minus = math.cos(th - angle) * ox + math.sin(th - angle) * oy
-            if sp.kind == "arcade":
-                sgn = 1 if (s_plus > s_minus) != inward else -1
-            else:
-                sgn = rng.choice((-1, 1))
-            stack.append(_Sprout(x, y, th + sgn * angle, cw, sp.depth + 1, sp.artery, "in" if inward else "out"))
-            w *= (1 - c**3) ** (1 / 3)
-            th -= sgn * angle * c * c * 0.5  # the parent is deflected the other way
+            w, th = _branch(sp, rng, stack, x, y, th, w, F)
     return pts, ws, sp.artery
+
+
+def _heading(sp: _Sprout, x: float, y: float, travelled: float, D: tuple[float, float],
+             F: tuple[float, float]) -> tuple[float, float]:
+    """The direction a vessel wants to go (not normalised) at (x, y)."""
+    Dx, Dy = D
+    Fx, Fy = F
+    if sp.kind == "arcade":
+        # Leave the disc steeply, then flatten out above / below the macula while still
+        # diverging, so the two arcades never meet at the temporal raphe.
+        a = sp.final + (abs(sp.theta) - sp.final) * math.exp(-travelled / sp.bend)
+        ddx, ddy = math.cos(a), sp.side * math.sin(a)
+    elif sp.kind in ("macular", "in"):
+        ddx, ddy = Fx - x, Fy - y
+    else:  # away from the posterior pole: from the disc nearby, from the fovea further out
+        ax, ay = x - Dx, y - Dy
+        bx, by = x - Fx, y - Fy
+        na = max(ax * ax + ay * ay, 1e-4)
+        nb = max(bx * bx + by * by, 1e-4)
+        ddx, ddy = ax / na + 0.8 * bx / nb, ay / na + 0.8 * by / nb
+        if sp.kind == "nasal":
+            ddx -= 2.0  # nasal trunks keep heading nasally
+    return ddx, ddy
+
+
+def _branch(sp: _Sprout, rng: random.Random, stack: list[_Sprout], x: float, y: float, th: float, w: float,
+            F: tuple[float, float]) -> tuple[float, float]:
+    """Maybe give off a side branch at (x, y) (pushed on `stack`); the parent's width and heading after it."""
+    Fx, Fy = F
+    if sp.depth >= _MAX_DEPTH:
+        return w, th
+    inward = sp.kind == "arcade" and rng.random() < 0.3
+    if inward:
+        c = rng.uniform(0.25, 0.45)
+    elif sp.depth == 0:  # trunks give off mostly small side branches and stay wide
+        c = rng.uniform(0.25, 0.65)
+    else:
+        c = rng.uniform(0.35, 0.8)
+    cw = w * c
+    if cw < _W_MIN * 1.3:
+        return w, th
+    angle = rng.uniform(0.45, 1.1)
+    # Pick the side that points away from (or, for inward branches, towards) the fovea.
+    ox, oy = x - Fx, y - Fy
+    s_plus = math.cos(th + angle) * ox + math.sin(th + angle) * oy
+    s_minus = math.cos(th - angle) * ox + math.sin(th - angle) * oy
+    if sp.kind == "arcade":
+        sgn = 1 if (s_plus > s_minus) != inward else -1
+    else:
+        sgn = rng.choice((-1, 1))
+    stack.append(_Sprout(x, y, th + sgn * angle, cw, sp.depth + 1, sp.artery, "in" if inward else "out"))
+    w *= (1 - c**3) ** (1 / 3)
+    th -= sgn * angle * c * c * 0.5  # the parent is deflected the other way
+    return w, th
 
 
 def vessels(refl: np.ndarray, spec: PhantomSpec, to_px: Callable, ri: float,
