@@ -10,6 +10,7 @@ from rich.text import Text
 
 from fundus_cli import api, progress
 from fundus_cli.cli.app import JsonOpt, command, emit, err, notes, state, styled
+from fundus_cli.cli.options import Device, OverwriteReport, ReportFolder
 
 
 @command("audit-privacy", "Memorization audit; exit 1 on FAIL.  e.g. fundus audit-privacy")
@@ -17,7 +18,7 @@ def audit_cmd(
     train: Annotated[Path, typer.Option(help="Images the generator was trained on.")] = Path("data/train.h5"),
     holdout: Annotated[Path, typer.Option(help="Real images it never saw (calibration).")] = Path("data/holdout.h5"),
     synthetic: Annotated[Path, typer.Option(help="Images to audit.")] = Path("data/synthetic.h5"),
-    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("reports/audit-privacy"),
+    out: ReportFolder = Path("reports/audit-privacy"),
     embeddings: Annotated[str, typer.Option(
         help="Comma-separated: pixel, tiled, learned, registered.")] = "pixel,tiled,learned,registered",
     size: Annotated[int, typer.Option(help="Working size in pixels.")] = 64,
@@ -30,8 +31,8 @@ def audit_cmd(
     z_fail: Annotated[Optional[float], typer.Option(help="Z_U / C_T at or below this: FAIL.")] = None,
     membership_ci_fail: Annotated[Optional[float], typer.Option(help="Membership AUC lower 95 % bound above this: FAIL.")] = None,
     warn_p: Annotated[Optional[float], typer.Option(help="Any test with p below this: WARN.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing report.")] = False,
+    device: Device = "auto",
+    force: OverwriteReport = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Do the synthetic images copy training images more than chance? Distances to the nearest

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from fundus_cli import api, progress
 from fundus_cli.cli.app import JsonOpt, command, emit, err, notes, state
+from fundus_cli.cli.options import OverwriteReport, ReportFolder
 
 
 @command("evaluate", "Realism and usefulness -> reports/evaluate/.  e.g. fundus evaluate")
@@ -17,7 +18,7 @@ def evaluate_cmd(
     real: Annotated[Path, typer.Option(help="Real images never trained on.")] = Path("data/holdout.h5"),
     synthetic: Annotated[Path, typer.Option(help="Synthetic images from `fundus sample`.")] = Path("data/synthetic.h5"),
     train: Annotated[Path, typer.Option(help="Real training images (the real-vs-real baseline; usefulness).")] = Path("data/train.h5"),
-    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("reports/evaluate"),
+    out: ReportFolder = Path("reports/evaluate"),
     features: Annotated[str, typer.Option(help="Feature space: fundus (colour, detail by scale, vessels, texture; "
                                           "sees missing vessels), random (fixed random CNN, offline), inception (the "
                                           "standard FID Inception-v3, comparable numbers; needs --weights), classifier "
@@ -33,7 +34,7 @@ def evaluate_cmd(
     usefulness_steps: Annotated[int, typer.Option(help="Training steps of each usefulness classifier (at least).")] = 300,
     usefulness_seeds: Annotated[int, typer.Option(help="Training seeds per usefulness scenario (paired gains "
                                                   "average over them).")] = 3,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing report.")] = False,
+    force: OverwriteReport = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure synthetic images against real ones: FID, KID, precision/recall/density/coverage with

@@ -9,6 +9,7 @@ import typer
 
 from fundus_cli import api
 from fundus_cli.cli.app import JsonOpt, command, emit, say, styled
+from fundus_cli.cli.options import Device
 from fundus_cli.training_length import shortfall
 
 
@@ -25,7 +26,7 @@ def sample_cmd(
     truncation: Annotated[Optional[float], typer.Option(help="GAN: scale latents (< 1: less variety, more typical).")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="VAE: scale of the prior (< 1: smoother).")] = None,
     batch: Annotated[int, typer.Option(help="Images per forward pass (keep it fixed across shards).")] = 64,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Device = "auto",
     png_dir: Annotated[Optional[Path], typer.Option(help="Also write one PNG per image here.")] = None,
     grid: Annotated[Optional[Path], typer.Option(help="Also write a grid of the first 64 images (PNG).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,

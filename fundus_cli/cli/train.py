@@ -11,6 +11,7 @@ import typer
 
 from fundus_cli import api
 from fundus_cli.cli.app import JsonOpt, command, emit, say, styled
+from fundus_cli.cli.options import Device
 
 
 class Arch(str, Enum):
@@ -38,7 +39,7 @@ def train_cmd(
     lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Network width (channels at full resolution).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Device = "auto",
     conditional: Annotated[bool, typer.Option(help="Condition on the labels (then `sample --label` works).")] = False,
     mirror: Annotated[bool, typer.Option(help="Use the mirror symmetry of left and right eyes: learn photographs turned so the optic disc is on the right, and mirror half the samples back.")] = True,
     cache: Annotated[str, typer.Option(help="auto, memory or stream (read batches from the file).")] = "auto",

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -9,20 +11,31 @@ from fundus_cli.metrics.usefulness import (Recipe, auc_binary, classification_me
 FAST = Recipe(epochs=1, min_steps=40, batch=16, width=8, size=32)
 
 
-def _discs(n: int, label: int, rng: np.random.Generator) -> np.ndarray:
-    """Class 0: red-dominant disc, class 1: the same with a bright blob on the left."""
-    yy, xx = np.mgrid[:32, :32]
-    disc = (yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 14**2
+YY, XX = np.mgrid[:32, :32]
+DISC = (YY - 15.5) ** 2 + (XX - 15.5) ** 2 < 14**2
+
+
+def _images(n: int, label: int, rng: np.random.Generator, *, colour: list[int], noise: float,
+            mark: Callable[[np.ndarray, np.random.Generator], None]) -> np.ndarray:
+    """n noisy 32 px discs of `colour`; in class 1 each also gets `mark` (drawn after its noise)."""
     out = np.zeros((n, 32, 32, 3), np.uint8)
     for i in range(n):
         img = np.zeros((32, 32, 3), float)
-        img[disc] = [150, 60, 30]
-        img += rng.normal(0, 12, img.shape)
+        img[DISC] = colour
+        img += rng.normal(0, noise, img.shape)
         if label == 1:
-            cx = rng.integers(8, 14)
-            img[(yy - 16) ** 2 + (xx - cx) ** 2 < 9] = [240, 220, 120]
-        out[i] = np.clip(img * disc[..., None], 0, 255)
+            mark(img, rng)
+        out[i] = np.clip(img * DISC[..., None], 0, 255)
     return out
+
+
+def _discs(n: int, label: int, rng: np.random.Generator) -> np.ndarray:
+    """Class 0: red-dominant disc, class 1: the same with a bright blob on the left."""
+    def blob(img: np.ndarray, rng: np.random.Generator) -> None:
+        cx = rng.integers(8, 14)
+        img[(YY - 16) ** 2 + (XX - cx) ** 2 < 9] = [240, 220, 120]
+
+    return _images(n, label, rng, colour=[150, 60, 30], noise=12, mark=blob)
 
 
 def test_auc_matches_pairwise_definition() -> None:
@@ -60,18 +73,11 @@ def test_learnable_task_is_learned_and_shuffled_synthetic_does_not_help() -> Non
 
 def _faint(n: int, label: int, rng: np.random.Generator) -> np.ndarray:
     """A task that needs more than a dozen examples: class 1 has a faint blob anywhere in a noisy disc."""
-    yy, xx = np.mgrid[:32, :32]
-    disc = (yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 14**2
-    out = np.zeros((n, 32, 32, 3), np.uint8)
-    for i in range(n):
-        img = np.zeros((32, 32, 3), float)
-        img[disc] = [150, 70, 35]
-        img += rng.normal(0, 25, img.shape)
-        if label == 1:
-            cy, cx = rng.integers(8, 24, 2)
-            img[(yy - cy) ** 2 + (xx - cx) ** 2 < 12] += [45, 45, 25]
-        out[i] = np.clip(img * disc[..., None], 0, 255)
-    return out
+    def blob(img: np.ndarray, rng: np.random.Generator) -> None:
+        cy, cx = rng.integers(8, 24, 2)
+        img[(YY - cy) ** 2 + (XX - cx) ** 2 < 12] += [45, 45, 25]
+
+    return _images(n, label, rng, colour=[150, 70, 35], noise=25, mark=blob)
 
 
 def test_paired_gain_real_images_help_at_25_percent_and_shuffled_labels_do_not() -> None:
