@@ -3,7 +3,6 @@ axis labels and units."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,9 @@ def save_figure(fig: Any, path: Path) -> Path:
 
 def plot_losses(metrics_jsonl: Path, out_png: Path, *, title: str) -> Path | None:
     """Loss curves from metrics.jsonl (one panel per loss), with labelled axes."""
-    rows = []
-    for line in metrics_jsonl.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    from fundus_cli.schemas.training_run import read_metrics
+
+    rows = read_metrics(metrics_jsonl.read_text(), metrics_jsonl)
     if not rows:
         return None
     plt = pyplot()

@@ -6,11 +6,13 @@ renamed on one side cannot silently blank a column on the other.
     evaluate_report.py  reports/evaluate/report.json       fundus evaluate
     audit_report.py     reports/audit-privacy/report.json  fundus audit-privacy
     demo_record.py      <demo>/demo.json                   fundus demo
+    training_run.py     runs/<arch>/config.json, metrics.jsonl  fundus train
 
-The HDF5 dataset's schema is `data/h5.py`; the checkpoint's is `training/checkpoint.py`.
+The HDF5 dataset's schema is `data/h5/`; the checkpoint's is `training/checkpoint.py`.
 
 Files written before `format_version` existed (fundus-cli 0.1.0: ingest, evaluate and demo
-files carried only `format`) are read as version 1: their content is the same, version 1 only
+files carried only `format`; a run's config.json and metrics.jsonl neither, see
+training_run.py) are read as version 1: their content is the same, version 1 only
 added the field. A file with a newer version than this fundus-cli reads is refused with the fix.
 """
 

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fundus_cli import __version__
 from fundus_cli.data.dataset import ImageSource, prefetch
 from fundus_cli.errors import FundusError
-from fundus_cli.fsio import write_json_atomic, write_text_atomic
+from fundus_cli.fsio import write_text_atomic
 from fundus_cli.images import save_grid
 from fundus_cli.progress import enabled as progress_enabled
 from fundus_cli.progress import track
+from fundus_cli.schemas.training_run import metrics_line, write_config
 from fundus_cli.training import checkpoint as ckpt_mod
 from fundus_cli.training import distributed
 from fundus_cli.training.batches import batch_indices, disc_sides, to_device
@@ -220,8 +220,8 @@ def _write_config(cfg: TrainConfig, d: distributed.Dist, device: torch.device, i
                   mconf: dict[str, Any]) -> None:
     """config.json: the resolved settings, before the first step."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", {
-        "fundus_cli_version": __version__, "arch": cfg.arch, "train_config": config_to_json(cfg),
+    write_config(run_dir / "config.json", {
+        "arch": cfg.arch, "train_config": config_to_json(cfg),
         "model_config": mconf, "device": str(device), "world_size": d.world,
         "dataset": {"path": str(cfg.data), "fingerprint": info.fingerprint, "images": info.count,
                     "class_names": list(info.class_names), "stored_size": info.image_size},
@@ -310,7 +310,7 @@ def _log_metrics(run: _Run, prog: _Progress, done: int, metrics_file: Any, advan
             "images_per_s": round(imgs / secs, 2) if secs > 0 else None, "lr": cfg.lr,
             "time": round(time.perf_counter() - prog.t_start, 3)}
     if metrics_file is not None:
-        metrics_file.write(json.dumps(line) + "\n")
+        metrics_file.write(metrics_line(line))
         metrics_file.flush()
     advance(0, **{k: v for k, v in m.items() if k in ("loss", "d_loss", "g_loss")},
             img_s=imgs / secs if secs > 0 else 0.0)

@@ -16,6 +16,7 @@ from fundus_cli.schemas.audit_report import AUDIT_REPORT
 from fundus_cli.schemas.demo_record import DEMO_RECORD
 from fundus_cli.schemas.evaluate_report import EVALUATE_REPORT
 from fundus_cli.schemas.ingest_report import INGEST_REPORT
+from fundus_cli.schemas.training_run import config_problem, read_metrics
 from fundus_cli.training_length import shortfall
 
 
@@ -145,15 +146,16 @@ def discover(root: Path) -> Project:
 
 def _read_run(d: Path, problems: list[str]) -> _Run:
     config = _read_json(d / "config.json", problems) if (d / "config.json").is_file() else None
+    if config is not None and (why := config_problem(config, d / "config.json")) is not None:
+        problems.append(why)
+        config = None
     metrics: list[dict[str, Any]] = []
     if (d / "metrics.jsonl").is_file():
-        for line in (d / "metrics.jsonl").read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                metrics.append(row)
+        try:
+            metrics = read_metrics((d / "metrics.jsonl").read_text(encoding="utf-8", errors="replace"),
+                                   d / "metrics.jsonl")
+        except FundusError as e:
+            problems.append(str(e))
     ckpt = d / "checkpoint.pt"
     # The newest numbered checkpoint names the step that checkpoint.pt holds (it is a link to it).
     steps = [int(p.stem.split("-")[1]) for p in d.glob("checkpoint-*.pt") if p.stem.split("-")[1].isdigit()]
