@@ -29,7 +29,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DemoResult, li
     out = tmp_path_factory.mktemp("demo") / "my demo"  # a space: the printed commands must quote it
     lines: list[str] = []
     try:
-        r = run_demo(DemoConfig(out=out, quick=True, device="cpu"), log=lines.append)
+        r = run_demo(DemoConfig(out=out, quick=True, archs=("vae", "gan"), device="cpu"), log=lines.append)
     finally:
         torch.set_num_threads(threads)
     return out, r, lines
@@ -81,6 +81,7 @@ def test_printed_commands_are_what_ran(demo: tuple[Path, DemoResult, list[str]])
         assert Path(rep["inputs"]["synthetic"]["path"]) == out / params["synthetic"]
         assert (rep["settings"]["n_boot"], rep["settings"]["usefulness_steps"]) == \
             (params["n_boot"], params["usefulness_steps"])
+        assert rep["usefulness"]["seeds"] == params["usefulness_seeds"] == 1
     for params in parsed["audit-privacy"]:
         rep = json.loads((out / params["out"] / "report.json").read_text())
         assert rep["settings"]["config"]["encoder_steps"] == params["encoder_steps"]
@@ -122,7 +123,7 @@ def test_report_holds_the_numbers_of_the_reports(demo: tuple[Path, DemoResult, l
 def test_rerun_skips_finished_steps(demo: tuple[Path, DemoResult, list[str]]) -> None:
     out, first, _ = demo
     lines: list[str] = []
-    r = run_demo(DemoConfig(out=out, quick=True, device="cpu"), log=lines.append)
+    r = run_demo(DemoConfig(out=out, quick=True, archs=("vae", "gan"), device="cpu"), log=lines.append)
     statuses = [s["status"] for s in r.steps]
     assert statuses == ["skipped"] * (len(STEPS) - 1) + ["ran"]
     assert sum("[skip]" in line for line in lines) == len(STEPS) - 1
@@ -132,7 +133,7 @@ def test_rerun_skips_finished_steps(demo: tuple[Path, DemoResult, list[str]]) ->
 def test_other_settings_or_other_files_are_refused(demo: tuple[Path, DemoResult, list[str]], tmp_path: Path) -> None:
     out, _, _ = demo
     with pytest.raises(FundusError, match=r"other settings \(n_photos: 60 -> 70"):
-        run_demo(DemoConfig(out=out, quick=True, n_photos=70))
+        run_demo(DemoConfig(out=out, quick=True, archs=("vae", "gan"), n_photos=70))
     (tmp_path / "notes.txt").write_text("mine")
     res = CliRunner().invoke(app, ["demo", str(tmp_path), "--quick"])
     assert res.exit_code == 2 and "not a demo folder" in res.stderr and "--force" in res.stderr
@@ -167,7 +168,7 @@ def test_interrupted_training_resumes_and_a_failed_audit_does_not_stop_the_demo(
     import torch
 
     torch.set_num_threads(1)
-    res = CliRunner().invoke(app, ["demo", str(out), "--quick", "--device", "cpu"])
+    res = CliRunner().invoke(app, ["demo", str(out), "--quick", "--archs", "gan,VAE", "--device", "cpu"])
     assert res.exit_code == 0, res.stderr
     assert res.stdout.strip() == str(out / "report.html")
     assert "train --arch vae" in res.stderr and "--resume" in res.stderr
@@ -182,3 +183,24 @@ def test_interrupted_training_resumes_and_a_failed_audit_does_not_stop_the_demo(
     assert sorted(int(p.stem.split("-")[1]) for p in run.glob("checkpoint-*.pt")) == [2, 3, 4]
     page = (out / "report.html").read_text()
     assert "<span class='badge FAIL'>FAIL</span>" in page and "forced by the test" in page
+
+
+def test_the_default_demo_is_the_gan_alone_and_archs_choose() -> None:
+    from fundus_cli.commands.demo import _State, _steps, settings_of
+
+    def names(cfg: DemoConfig) -> list[str]:
+        return [st.name for st in _steps(cfg, settings_of(cfg), lambda s: None, _State(cfg, settings_of(cfg)))]
+
+    assert names(DemoConfig()) == ["phantoms", "ingest", "train gan", "sample gan", "evaluate gan",
+                                   "audit-privacy gan"]
+    assert settings_of(DemoConfig())["archs"] == ["gan"]
+    both = names(DemoConfig(archs=(" GAN", "vae")))  # any order and case; the VAE's steps come first
+    assert both == STEPS[:-1]
+    evaluate = next(st for st in _steps(DemoConfig(), settings_of(DemoConfig()), lambda s: None,
+                                        _State(DemoConfig(), {})) if st.name == "evaluate gan")
+    assert evaluate.argv[-2:] == ["--usefulness-seeds", "1"]
+    for bad in (("gan", "diffusion"), (), ("",)):
+        with pytest.raises(FundusError, match="--archs"):
+            settings_of(DemoConfig(archs=bad))
+    res = CliRunner().invoke(app, ["demo", "unused", "--archs", "vae,flow"])
+    assert res.exit_code == 2 and "--archs vae,flow" in res.stderr and "vae, gan" in res.stderr

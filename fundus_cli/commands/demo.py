@@ -1,7 +1,7 @@
 """`fundus demo`: the whole pipeline on built-in phantom photographs, inside one folder.
 
-phantoms -> ingest -> train a conditional VAE and GAN (`--preset demo`) -> sample from each ->
-evaluate each -> audit each for privacy -> report.html. Each step calls the module of one
+phantoms -> ingest -> train a conditional GAN (and, with `archs`, a VAE; `--preset demo`) ->
+sample from each -> evaluate each -> audit each for privacy -> report.html. Each step calls the module of one
 command (`fundus_cli.commands.*`), in this process, and first tells `log` the equivalent shell command, so that
 any step can be rerun or changed by hand in the demo folder.
 
@@ -31,14 +31,20 @@ if TYPE_CHECKING:
 
 SUMMARY = "demo.json"
 ARCHS = ("vae", "gan")
+# The GAN alone by default: with the VAE as well the demo took 34 minutes on an idle 2-core
+# machine (VAE training 607 s, GAN 544 s, each evaluation ~320 s, each audit ~100 s), and the
+# VAE's demo samples are blurred averages that its audit FAILs; `archs` adds it back.
+DEFAULT_ARCHS = ("gan",)
 MIN_PHOTOS = 60  # below this the holdout (a fifth) is too small for evaluate's PRDC intervals
 # --quick: a smoke test of every step in about a minute; the models learn nothing useful.
 # One ingest worker: starting a process pool costs more than decoding 60 small JPEGs.
 QUICK = {"n_photos": MIN_PHOTOS, "size": 32, "workers": 1, "steps": 4, "batch": 8, "width": 8, "n_sample": 48,
-         "n_boot": 10, "usefulness_steps": 20, "encoder_steps": 5}
+         "n_boot": 10, "usefulness_steps": 20, "usefulness_seeds": 1, "encoder_steps": 5}
 # None: the command's own default (for training: the demo preset's).
+# One usefulness seed instead of evaluate's three: the 15 classifiers were ~290 of an evaluation's
+# ~320 s (the paired gains' intervals then hold the test images' variation only, not the seeds').
 FULL = {"n_photos": 200, "size": 64, "workers": None, "steps": None, "batch": None, "width": None, "n_sample": 200,
-        "n_boot": None, "usefulness_steps": None, "encoder_steps": None}
+        "n_boot": None, "usefulness_steps": None, "usefulness_seeds": 1, "encoder_steps": None}
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class DemoConfig:
     n_photos: int | None = None  # phantom photographs (default 200; 60 with quick)
     size: int | None = None  # image size for ingest and training (default 64; 32 with quick)
     quick: bool = False  # tiny settings: every step in about a minute, for tests and a first look
+    archs: tuple[str, ...] = DEFAULT_ARCHS  # generators to train and judge: gan, vae or both
     seed: int = 0  # phantoms, split, training, sampling, evaluation and audit seed
     device: str = "auto"  # auto | cpu | cuda, for training, sampling and the audit
     force: bool = False  # redo every step (and accept a folder with other files or settings)
@@ -91,7 +98,18 @@ def settings_of(cfg: DemoConfig) -> dict[str, Any]:
                           "held out, and evaluate needs at least 12 holdout images).")
     if size not in (32, 64, 128, 256):
         raise FundusError(f"--size {size}: the models train at 32, 64, 128 or 256 px.")
-    return base | {"n_photos": n_photos, "size": size, "quick": cfg.quick, "seed": cfg.seed}
+    return base | {"n_photos": n_photos, "size": size, "quick": cfg.quick, "seed": cfg.seed,
+                   "archs": list(parse_archs(cfg.archs))}
+
+
+def parse_archs(archs: tuple[str, ...] | str) -> tuple[str, ...]:
+    """The generators named in `archs` ("vae,gan", or a tuple), in the demo's order (VAE first)."""
+    names = [a.strip().lower() for a in (archs.split(",") if isinstance(archs, str) else archs) if a.strip()]
+    unknown = [a for a in names if a not in ARCHS]
+    if unknown or not names:
+        raise FundusError(f"--archs {','.join(names) or '(none)'}: name one or both of {', '.join(ARCHS)}, "
+                          "comma-separated (e.g. --archs vae,gan).")
+    return tuple(a for a in ARCHS if a in names)
 
 
 def _mtime(path: Path) -> int | None:
@@ -184,7 +202,7 @@ def _train_steps(cfg: DemoConfig, s: dict[str, Any], log: Callable[[str], None],
         if s[key] is not None:
             extra += [flag, str(s[key])]
     steps = []
-    for arch in ARCHS:
+    for arch in s["archs"]:
         def train(force: bool, arch: str = arch) -> Any:
             resume = not force and _training_left(out / "runs" / arch)
             return train_cmd.train(train_cmd.TrainConfig(
@@ -203,7 +221,7 @@ def _sample_steps(cfg: DemoConfig, s: dict[str, Any], dev: list[str]) -> list[_S
 
     out, seed = Path(cfg.out), cfg.seed
     steps = []
-    for arch in ARCHS:
+    for arch in s["archs"]:
         syn = f"data/synthetic-{arch}.h5"
         steps.append(_Step(
             f"sample {arch}", ["sample", "--run", f"runs/{arch}", "--n", str(s["n_sample"]), "--out", syn,
@@ -219,10 +237,11 @@ def _evaluate_steps(cfg: DemoConfig, s: dict[str, Any]) -> list[_Step]:
 
     out, seed = Path(cfg.out), cfg.seed
     steps = []
-    for arch in ARCHS:
+    for arch in s["archs"]:
         syn = f"data/synthetic-{arch}.h5"
         rep = f"reports/evaluate-{arch}"
-        opts = {"n_boot": s["n_boot"], "usefulness_steps": s["usefulness_steps"]}
+        opts = {"n_boot": s["n_boot"], "usefulness_steps": s["usefulness_steps"],
+                "usefulness_seeds": s["usefulness_seeds"]}
         argv = ["evaluate", "--synthetic", syn, "--out", rep, "--seed", str(seed)]
         for k, v in opts.items():
             argv += [] if v is None else [f"--{k.replace('_', '-')}", str(v)]
@@ -239,7 +258,7 @@ def _audit_steps(cfg: DemoConfig, s: dict[str, Any], state: _State, dev: list[st
 
     out, seed = Path(cfg.out), cfg.seed
     steps = []
-    for arch in ARCHS:
+    for arch in s["archs"]:
         syn = f"data/synthetic-{arch}.h5"
         rep = f"reports/audit-privacy-{arch}"
         enc = [] if s["encoder_steps"] is None else ["--encoder-steps", str(s["encoder_steps"])]
