@@ -51,12 +51,11 @@ from torch.nn.utils.parametrizations import spectral_norm
 from fundus_cli.errors import FundusError
 from fundus_cli.models.layers import (
     BOTTOM_SIZE,
+    ConfigMethods,
     IMAGE_CHANNELS,
     apply_fov_mask,
     check_config,
     check_labels,
-    config_from_dict,
-    config_to_dict,
     fov_mask_buffer,
     mirror_by_latent,
     resolve_channel_mults,
@@ -64,7 +63,7 @@ from fundus_cli.models.layers import (
 
 
 @dataclass(frozen=True)
-class GANConfig:
+class GANConfig(ConfigMethods):
     image_size: int = 64  # square RGB images; 32, 64, 128 or 256
     width: int = 32  # channels at full resolution in G and D; every layer scales with it
     channel_mults: tuple[int, ...] = ()  # per level, full res first; () = 1,2,4,8,8,8[:levels]
@@ -86,17 +85,6 @@ class GANConfig:
             raise FundusError(f"GANConfig.upsample must be nearest or bilinear, got {self.upsample!r}")
         if self.detail < 0:
             raise FundusError(f"GANConfig.detail must be >= 0 (0 = off), got {self.detail}")
-
-    @property
-    def channels(self) -> tuple[int, ...]:
-        return tuple(self.width * m for m in self.channel_mults)
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GANConfig:
-        return config_from_dict(cls, data)
 
 
 # ----------------------------------------------------------------------------- generator

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -82,6 +82,25 @@ def check_config(config: Any) -> None:
             raise FundusError(
                 f"{name}.{field_name} must be >= {minimum}, got {getattr(config, field_name)}"
             )
+
+
+class ConfigMethods:
+    """What every model config shares (mixed into each frozen config dataclass): the channel
+    widths per level and the JSON round trip."""
+
+    width: int
+    channel_mults: tuple[int, ...]
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return tuple(self.width * m for m in self.channel_mults)
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return config_from_dict(cls, data)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -24,12 +24,11 @@ from torch import Tensor, nn
 from fundus_cli.errors import FundusError
 from fundus_cli.models.layers import (
     BOTTOM_SIZE,
+    ConfigMethods,
     IMAGE_CHANNELS,
     apply_fov_mask,
     check_config,
     check_labels,
-    config_from_dict,
-    config_to_dict,
     fov_mask_buffer,
     mirror_by_latent,
     resolve_channel_mults,
@@ -40,7 +39,7 @@ LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(ConfigMethods):
     image_size: int = 64  # square RGB images; 32, 64, 128 or 256
     width: int = 32  # channels at full resolution; every layer scales with it
     channel_mults: tuple[int, ...] = ()  # per level, full res first; () = 1,2,4,8,8,8[:levels]
@@ -54,17 +53,6 @@ class VAEConfig:
         check_config(self)
         if self.class_embed_dim < 1:
             raise FundusError(f"VAEConfig.class_embed_dim must be >= 1, got {self.class_embed_dim}")
-
-    @property
-    def channels(self) -> tuple[int, ...]:
-        return tuple(self.width * m for m in self.channel_mults)
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> VAEConfig:
-        return config_from_dict(cls, data)
 
 
 def _groups(channels: int) -> int:
