@@ -51,7 +51,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from fundus_cli.errors import FundusError
 from fundus_cli.models.layers import (
     BOTTOM_SIZE,
-    ConfigMethods,
+    ModelConfig,
     IMAGE_CHANNELS,
     apply_fov_mask,
     check_config,
@@ -63,12 +63,8 @@ from fundus_cli.models.layers import (
 
 
 @dataclass(frozen=True)
-class GANConfig(ConfigMethods):
-    image_size: int = 64  # square RGB images; 32, 64, 128 or 256
-    width: int = 32  # channels at full resolution in G and D; every layer scales with it
-    channel_mults: tuple[int, ...] = ()  # per level, full res first; () = 1,2,4,8,8,8[:levels]
-    latent_dim: int = 128  # size of the Gaussian latent z
-    num_classes: int = 0  # 0 = unconditional; else conditional BN in G and projection in D
+class GANConfig(ModelConfig):
+    # image_size, width, channel_mults, latent_dim, num_classes: see ModelConfig (the class conditions G's batch norm and D's projection)
     discriminator: str = "strided"  # strided (SN strided convs, fast to learn detail) | resnet
     patch_head: bool = False  # strided D also scores each 10x10-pixel neighbourhood (the VAE's D uses it)
     orient: bool = False  # trained with every optic disc on the right; eval mode mirrors half

@@ -84,12 +84,16 @@ def check_config(config: Any) -> None:
             )
 
 
-class ConfigMethods:
-    """What every model config shares (mixed into each frozen config dataclass): the channel
-    widths per level and the JSON round trip."""
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The fields and methods every architecture's config shares (each subclass adds its own
+    fields after these): image size, widths per level, latent size, classes, JSON round trip."""
 
-    width: int
-    channel_mults: tuple[int, ...]
+    image_size: int = 64  # square RGB images; 32, 64, 128 or 256
+    width: int = 32  # channels at full resolution; every layer scales with it
+    channel_mults: tuple[int, ...] = ()  # per level, full res first; () = 1,2,4,8,8,8[:levels]
+    latent_dim: int = 128  # size of the latent vector z
+    num_classes: int = 0  # 0 = unconditional; else the labels 0..num_classes-1 condition the model
 
     @property
     def channels(self) -> tuple[int, ...]:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from fundus_cli.errors import FundusError
 from fundus_cli.models.layers import (
     BOTTOM_SIZE,
-    ConfigMethods,
+    ModelConfig,
     IMAGE_CHANNELS,
     apply_fov_mask,
     check_config,
@@ -39,12 +39,8 @@ LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
 
 @dataclass(frozen=True)
-class VAEConfig(ConfigMethods):
-    image_size: int = 64  # square RGB images; 32, 64, 128 or 256
-    width: int = 32  # channels at full resolution; every layer scales with it
-    channel_mults: tuple[int, ...] = ()  # per level, full res first; () = 1,2,4,8,8,8[:levels]
-    latent_dim: int = 128  # size of the latent vector z
-    num_classes: int = 0  # 0 = unconditional; else labels 0..num_classes-1 condition both halves
+class VAEConfig(ModelConfig):
+    # image_size, width, channel_mults, latent_dim, num_classes: see ModelConfig (the class conditions both halves)
     class_embed_dim: int = 64  # size of the label embedding (unused when unconditional)
     orient: bool = False  # trained with every optic disc on the right; eval-mode decode mirrors half
 
