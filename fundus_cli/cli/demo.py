@@ -20,7 +20,7 @@ def demo_cmd(
     quick: Annotated[bool, typer.Option("--quick", help="Tiny settings (32 px, a few training steps, few images): "
                                                         "every step in about a minute; the models learn nothing.")] = False,
     archs: Annotated[str, typer.Option(help="Generators to train, sample, evaluate and audit: gan, vae, or vae,gan "
-                                            "(the VAE adds ~17 minutes on 2 CPU cores).")] = "gan",
+                                            "(the VAE adds ~14 minutes on 2 CPU cores).")] = "gan",
     seed: Annotated[int, typer.Option(help="Seed of every step.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (training, sampling, audit).")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Redo every step, also in a folder with other files or a demo "
