@@ -99,12 +99,12 @@ def settings_of(cfg: DemoConfig) -> dict[str, Any]:
     if size not in (32, 64, 128, 256):
         raise FundusError(f"--size {size}: the models train at 32, 64, 128 or 256 px.")
     return base | {"n_photos": n_photos, "size": size, "quick": cfg.quick, "seed": cfg.seed,
-                   "archs": list(parse_archs(cfg.archs))}
+                   "archs": list(_archs(cfg.archs))}
 
 
-def parse_archs(archs: tuple[str, ...] | str) -> tuple[str, ...]:
-    """The generators named in `archs` ("vae,gan", or a tuple), in the demo's order (VAE first)."""
-    names = [a.strip().lower() for a in (archs.split(",") if isinstance(archs, str) else archs) if a.strip()]
+def _archs(archs: tuple[str, ...]) -> tuple[str, ...]:
+    """The generators named in `archs`, in the demo's order (VAE first)."""
+    names = [a.strip().lower() for a in archs if a.strip()]
     unknown = [a for a in names if a not in ARCHS]
     if unknown or not names:
         raise FundusError(f"--archs {','.join(names) or '(none)'}: name one or both of {', '.join(ARCHS)}, "
