@@ -7,6 +7,7 @@ Usage (from the project root; the checkout's own `fundus_cli` is measured, not a
     python benchmarks/quality.py --size 128 --minutes 120 # the 128-px budget of issue 10
     python benchmarks/quality.py --data idrid             # second opinion: the 128 full-size IDRiD photographs
     python benchmarks/quality.py --contestants gan-start,gan --jobs 2
+    python benchmarks/quality.py --contestants gan --seed 1   # a second training seed
     python benchmarks/quality.py --quick                  # smoke run: 60 photographs, 0.2 min each, ~3 min
 
 Data. `--data idrid516` (default): the 516 photographs of ../shared/data/idrid516 (labels.csv,
@@ -111,7 +112,7 @@ CONTESTANTS: dict[str, dict[str, Any]] = {
     # The resnet generator and the spectrally-normalised discriminator of the start are the only
     # ones since 749302d (the skip generator and the D without spectral norm lost), so no pins.
     "gan-start": {"kind": "fundus", "arch": "gan", "title": f"GAN @ {START_COMMIT}",
-                  "overrides": {"orient": False, "patch_head": False, "upsample": "nearest", "detail": 0.0, "ada_target": 0.0, "discriminator": "strided",
+                  "overrides": {"orient": False, "patch_head": False, "upsample": "nearest", "detail": 0.0, "vessel": 0.0, "ada_target": 0.0, "discriminator": "strided",
                                 "diffaugment": "cutout", "batch": 16, "lr": 5e-4, "lr_d": 5e-4, "width": 16,
                                 "latent_dim": 128, "gan_loss": "hinge", "r1_gamma": 0.1, "r1_every": 4,
                                 "ema_decay": 0.999}},
@@ -314,7 +315,7 @@ def run_contestant(job: dict[str, Any]) -> dict[str, Any]:
     if spec["kind"] == "dcgan":
         with h5.open_dataset(train_h5) as r:
             images = r.images()
-        g, steps = train_dcgan(images, job["minutes"])
+        g, steps = train_dcgan(images, job["minutes"], seed=job.get("seed", 0))
         batch = 64
         cpu_train = time.process_time() - cpu
         write_dcgan_samples(g, synth, n=job["samples"], train_h5=train_h5, steps=steps)
@@ -325,6 +326,7 @@ def run_contestant(job: dict[str, Any]) -> dict[str, Any]:
         dropped = sorted(k for k in wanted if k not in known)
         cfg = TrainConfig(data=train_h5, arch=spec["arch"], out=d / "run", preset="demo", conditional=job["labelled"],
                           size=job["size"], steps=10**6, max_cpu_minutes=job["minutes"], device="cpu", force=True,
+                          seed=job.get("seed", 0),
                           **{k: v for k, v in wanted.items() if k in known})
         tr = api.train(cfg)
         cpu_train = time.process_time() - cpu
@@ -492,6 +494,8 @@ def main() -> None:
     ap.add_argument("--data", default="idrid516", choices=tuple(DATASETS), help="photographs (idrid516)")
     ap.add_argument("--contestants", default=",".join(CONTESTANTS), help="comma-separated (all)")
     ap.add_argument("--samples", type=int, default=512, help="images sampled per contestant (512)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="training seed of every contestant (0); the data split and the samples' seed stay 0")
     ap.add_argument("--jobs", type=int, default=1, choices=(1, 2), help="contestants trained at once (1)")
     ap.add_argument("--out", type=Path, default=Path("bench-out/quality"))
     ap.add_argument("--quick", action="store_true",
@@ -522,7 +526,7 @@ def main() -> None:
           f"\ncontestants: {', '.join(names)}; {minutes:g} CPU-minutes each on one thread, {args.jobs} at a time; "
           f"{samples} samples each", flush=True)
     jobs = [{"name": n, "dir": str((out / n).resolve()), "data": str(data.resolve()), "minutes": minutes,
-             "size": args.size, "samples": samples, "labelled": labelled, "quick": args.quick} for n in names]
+             "size": args.size, "samples": samples, "labelled": labelled, "quick": args.quick, "seed": args.seed} for n in names]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(_launch, jobs))
     dropped = {r["name"]: r["train"]["dropped_overrides"] for r in results
@@ -534,7 +538,8 @@ def main() -> None:
     fig = figure(out / "quality.png", data / "holdout.h5", results, args.size)
     report = {"format": "fundus-cli quality benchmark", "start_commit": START_COMMIT,
               "settings": {"minutes": minutes, "size": args.size, "data": args.data, "samples": samples,
-                           "jobs": args.jobs, "quick": args.quick, "contestants": names},
+                           "jobs": args.jobs, "quick": args.quick, "contestants": names,
+                           "seed": args.seed},
               "data": {"source": source, "folder": str(data), "n_train": n_train, "n_holdout": n_hold,
                        "classes": classes},
               "contestants": CONTESTANTS, "harness": HARNESS, "results": results,

@@ -54,7 +54,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gan": Architecture(name="gan", build=build_gan,
                         networks={"generator": "generator", "discriminator": "discriminator"},
                         sampler="generator", draw=_generate, scale_option="truncation",
-                        train_options={"discriminator": str, "patch_head": bool, "upsample": str, "detail": float}),
+                        train_options={"discriminator": str, "patch_head": bool, "upsample": str, "detail": float,
+                                       "vessel": float}),
 }
 
 

@@ -87,6 +87,7 @@ class TrainConfig:
     patch_head: bool = False  # discriminator also judges 10x10-pixel neighbourhoods
     upsample: str = "bilinear"  # generator upsampling: bilinear | nearest (blocky on short runs)
     detail: float = 2.0  # GAN: discriminator also sees the image's high-pass copy times this (0 = off)
+    vessel: float = 4.0  # GAN: discriminator also sees the green channel's dark thin lines times this (0 = off)
     ada_target: float = 0.0  # adaptive augmentation: target E[sign D(real)] (0 = fixed policy)
     lr_d: float | None = None  # discriminator learning rate (default: lr)
     r1_gamma: float = 0.1  # R1 penalty weight on reals (0 = off)
@@ -102,7 +103,7 @@ def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
 
 # Settings added after runs were saved, with the behaviour those runs had, so that a resumed
 # run's config.json says what its networks do.
-ADDED_SETTINGS: dict[str, Any] = {"upsample": "nearest", "detail": 0.0}
+ADDED_SETTINGS: dict[str, Any] = {"upsample": "nearest", "detail": 0.0, "vessel": 0.0}
 
 
 def config_from_json(d: dict[str, Any]) -> TrainConfig:

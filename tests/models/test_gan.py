@@ -13,6 +13,7 @@ from fundus_cli.models.gan import (
     GAN_LOSSES,
     d_hinge_loss,
     d_nonsaturating_loss,
+    dark_lines,
     g_hinge_loss,
     g_nonsaturating_loss,
     high_pass,
@@ -244,6 +245,44 @@ def test_high_pass_keeps_thin_lines_and_drops_colour_and_shading() -> None:
     assert hp[0, :, vessel].mean() < -0.12
     assert hp[inside][..., 40:50].abs().max() < 0.01  # shading and colour are gone
     assert high_pass(torch.full((1, 3, size, size), 0.7), size).abs().max() < 1e-5
+
+
+def test_dark_lines_finds_thin_dark_lines_in_green_only() -> None:
+    size = 64
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    shading = 0.2 + 0.4 * xx / size
+    image = torch.stack([shading, 0.6 * shading, 0.2 * shading])[None].clone()
+    inside = (xx - 32) ** 2 + (yy - 32) ** 2 < 28**2
+    image[:, :, ~inside] = -1.0  # black surround outside the field of view
+    vessel = ((xx - 20).abs() <= 1) & (yy > 10) & (yy < 50)  # 3 px wide, dark
+    image[:, 1][:, vessel] -= 0.3
+    image[:, :, (xx == 44) & (yy > 10) & (yy < 50)] += 0.3  # a bright line: not a vessel
+    wide = (xx >= 30) & (xx < 38) & (yy > 40) & (yy < 50)  # 8 px wide dark patch: not thin
+    image[:, 1][:, wide] -= 0.3
+    d = dark_lines(image, size)
+    assert d.shape == (1, 1, size, size) and float(d.min()) >= 0
+    assert float(d[0, 0][vessel].mean()) > 0.25
+    # a bright line leaves at most the shading's slope across the element (0.015 here)
+    assert float(d[0, 0, 12:48, 42:47].max()) < 0.02
+    assert float(d[0, 0, 43:47, 32:36].max()) < 0.02  # nor does the middle of the wide patch
+    # the field of view's edge and the slow shading are not lines
+    assert float(d[0, 0][~vessel & ~wide].max()) < 0.05
+    # at 128 px the element doubles: a 6-px vessel still counts
+    big = torch.zeros(1, 3, 128, 128)
+    big[:, 1, :, 60:66] -= 0.3
+    assert float(dark_lines(big, 128)[0, 0, 64, 62]) > 0.25 and float(dark_lines(big, 64)[0, 0, 64, 62]) < 1e-6
+
+
+def test_vessel_discriminator_sees_one_more_channel() -> None:
+    torch.manual_seed(0)
+    gan = build_model("gan", {"image_size": 32, "detail": 4.0, "vessel": 4.0, **TINY})
+    assert gan.discriminator.features[0].in_channels == 7  # RGB, high-pass RGB, dark lines
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    gan.discriminator(x).sum().backward()  # G learns through the top-hat: its gradient exists
+    assert x.grad is not None and float(x.grad[:, 1].abs().sum()) > 0
+    assert build_model("gan", {"image_size": 32, **TINY}).discriminator.features[0].in_channels == 3
+    with pytest.raises(FundusError, match="vessel"):
+        GANConfig(vessel=-1.0)
 
 
 def test_detail_discriminator_sees_the_high_pass_channels() -> None:

@@ -95,11 +95,11 @@ def test_bf16_autocast_and_channels_last_paths_run_on_cpu() -> None:
 
 
 
-def test_runs_saved_before_upsample_and_detail_existed_keep_their_behaviour() -> None:
+def test_runs_saved_before_upsample_detail_and_vessel_existed_keep_their_behaviour() -> None:
     from fundus_cli.training.config import TrainConfig, config_from_json, model_config
 
     old = config_from_json({"arch": "gan"})
-    assert (old.detail, old.upsample) == (0.0, "nearest")
-    assert {"detail": 0.0, "upsample": "nearest"}.items() <= model_config(old, 2).items()
+    assert (old.detail, old.upsample, old.vessel) == (0.0, "nearest", 0.0)
+    assert {"detail": 0.0, "upsample": "nearest", "vessel": 0.0}.items() <= model_config(old, 2).items()
     new = model_config(TrainConfig(arch="gan"), 2)
-    assert new["detail"] > 0 and new["upsample"] == "bilinear"
+    assert new["detail"] > 0 and new["upsample"] == "bilinear" and new["vessel"] > 0
