@@ -64,11 +64,9 @@ from fundus_cli.models.layers import (
     ModelConfig,
     IMAGE_CHANNELS,
     apply_fov_mask,
-    check_config,
     check_labels,
     fov_mask_buffer,
     mirror_by_latent,
-    resolve_channel_mults,
 )
 
 
@@ -83,8 +81,7 @@ class GANConfig(ModelConfig):
     vessel: float = 0.0  # strided D also sees the green channel's dark thin lines (black top-hat), times this
 
     def __post_init__(self) -> None:
-        resolve_channel_mults(self)
-        check_config(self)
+        super().__post_init__()
         if self.discriminator not in DISCRIMINATORS:
             raise FundusError(f"GANConfig.discriminator must be one of {', '.join(DISCRIMINATORS)}, "
                               f"got {self.discriminator!r}")

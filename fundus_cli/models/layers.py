@@ -95,6 +95,12 @@ class ModelConfig:
     latent_dim: int = 128  # size of the latent vector z
     num_classes: int = 0  # 0 = unconditional; else the labels 0..num_classes-1 condition the model
 
+    def __post_init__(self) -> None:
+        """Resolve the default widths and validate the shared fields (subclasses call this
+        first, then check their own)."""
+        resolve_channel_mults(self)
+        check_config(self)
+
     @property
     def channels(self) -> tuple[int, ...]:
         return tuple(self.width * m for m in self.channel_mults)

@@ -27,11 +27,9 @@ from fundus_cli.models.layers import (
     ModelConfig,
     IMAGE_CHANNELS,
     apply_fov_mask,
-    check_config,
     check_labels,
     fov_mask_buffer,
     mirror_by_latent,
-    resolve_channel_mults,
 )
 
 # exp(logvar) beyond these overflows in bf16/fp16 or makes the KL term explode early on
@@ -45,8 +43,7 @@ class VAEConfig(ModelConfig):
     orient: bool = False  # trained with every optic disc on the right; eval-mode decode mirrors half
 
     def __post_init__(self) -> None:
-        resolve_channel_mults(self)
-        check_config(self)
+        super().__post_init__()
         if self.class_embed_dim < 1:
             raise FundusError(f"VAEConfig.class_embed_dim must be >= 1, got {self.class_embed_dim}")
 
