@@ -315,7 +315,7 @@ def run_contestant(job: dict[str, Any]) -> dict[str, Any]:
     if spec["kind"] == "dcgan":
         with h5.open_dataset(train_h5) as r:
             images = r.images()
-        g, steps = train_dcgan(images, job["minutes"], seed=job.get("seed", 0))
+        g, steps = train_dcgan(images, job["minutes"], seed=job["seed"])
         batch = 64
         cpu_train = time.process_time() - cpu
         write_dcgan_samples(g, synth, n=job["samples"], train_h5=train_h5, steps=steps)
@@ -326,7 +326,7 @@ def run_contestant(job: dict[str, Any]) -> dict[str, Any]:
         dropped = sorted(k for k in wanted if k not in known)
         cfg = TrainConfig(data=train_h5, arch=spec["arch"], out=d / "run", preset="demo", conditional=job["labelled"],
                           size=job["size"], steps=10**6, max_cpu_minutes=job["minutes"], device="cpu", force=True,
-                          seed=job.get("seed", 0),
+                          seed=job["seed"],
                           **{k: v for k, v in wanted.items() if k in known})
         tr = api.train(cfg)
         cpu_train = time.process_time() - cpu
