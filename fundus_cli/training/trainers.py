@@ -186,6 +186,9 @@ class GANTrainer:
         self.G, self.D = self.gan.generator, self.gan.discriminator
         self.G_ema = make_ema(self.G)
         self.G_net, self.D_net = _wrap(self.G, ddp, device), _wrap(self.D, ddp, device)
+        # R1 differentiates D's input gradient (double backward), which compiled graphs refuse:
+        # the R1 step (one step in r1_every) runs the same weights eagerly.
+        self.D_r1 = self.D_net
         if compile:
             self.G_net, self.D_net = torch.compile(self.G_net), torch.compile(self.D_net)  # type: ignore[assignment]
         betas = (0.0, 0.99)
@@ -252,7 +255,7 @@ class GANTrainer:
         if gamma > 0 and step % every == 0:
             real = self._aug(x, gen).detach().requires_grad_(True)
             with _autocast(self.device, self.amp):
-                real_logits = self.D_net(real, y)
+                real_logits = self.D_r1(real, y)
             r1 = r1_penalty(real_logits, real)
             self.opt_d.zero_grad(set_to_none=True)
             # The zero term puts every D parameter in the graph (a bias does not change the

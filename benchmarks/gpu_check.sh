@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Every GPU check of issue 10 in one prepared run (about 8 minutes on one H100/H200):
+#   1. the CUDA tests (tests/test_cuda.py: bf16 and fp32 training, resume, torch.compile, a
+#      GPU-trained checkpoint sampled on a CPU);
+#   2. `fundus ingest` of a folder of photographs at 256 px (20 % holdout);
+#   3. `fundus train --arch gan --preset large --size 256 --conditional --amp bf16` for
+#      EAGER_MIN minutes, then the same with --compile for COMPILED_MIN minutes;
+#      steady-state images/s read from each run's metrics.jsonl (the second half of its lines,
+#      so that start-up and compilation do not count);
+#   4. 64 samples of each run as a grid, and `fundus evaluate` of the eager run's samples.
+#
+# Usage, from the project root on the GPU machine (the checkout's own fundus_cli is run):
+#     bash benchmarks/gpu_check.sh RAW_FOLDER LABELS_CSV OUT_FOLDER
+# e.g. bash benchmarks/gpu_check.sh ../shared/data/idrid516/images ../shared/data/idrid516/labels.csv gpu-out
+# Environment: PYTHON (python3), EAGER_MIN (2), COMPILED_MIN (1.5), WORK (a temporary folder),
+# SIZE (256), AMP (bf16).
+# Each step runs even when an earlier one fails; the exit status is the number of failed steps.
+set -u
+RAW=${1:?RAW_FOLDER}; LABELS=${2:?LABELS_CSV}; OUT=${3:?OUT_FOLDER}
+PY=${PYTHON:-python3}
+EAGER_MIN=${EAGER_MIN:-2}; COMPILED_MIN=${COMPILED_MIN:-1.5}
+SIZE=${SIZE:-256}; AMP=${AMP:-bf16}  # SIZE=32 AMP=off: a smoke run of this script on a CPU
+WORK=${WORK:-$(mktemp -d)}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+mkdir -p "$OUT"
+failed=0
+step() {  # step NAME SECONDS COMMAND...: one timed step, its output in the log
+    local name=$1 limit=$2; shift 2
+    echo "=== $name ($(date +%T), limit ${limit}s): $*"
+    local t0=$SECONDS
+    timeout "$limit" "$@"; local rc=$?
+    echo "=== $name: exit $rc after $((SECONDS - t0)) s"
+    [ $rc -eq 0 ] || failed=$((failed + 1))
+}
+fundus() { "$PY" -m fundus_cli "$@"; }
+
+{
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+"$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name(0), 'bf16', torch.cuda.is_bf16_supported())"
+step tests 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step ingest 120 "$PY" -m fundus_cli ingest "$RAW" --out "$WORK/data" --size "$SIZE" --labels "$LABELS" \
+    --id-column file --label-column any_lesion --holdout-fraction 0.2 --workers 0 --force
+common=(train --arch gan --preset large --size "$SIZE" --conditional --amp "$AMP" --data "$WORK/data/train.h5")
+step train-eager $(( ${EAGER_MIN%.*} * 60 + 120 )) "$PY" -m fundus_cli "${common[@]}" --out "$WORK/eager" --minutes "$EAGER_MIN"
+step train-compiled $(( ${COMPILED_MIN%.*} * 60 + 180 )) "$PY" -m fundus_cli "${common[@]}" --compile --out "$WORK/compiled" --minutes "$COMPILED_MIN"
+for run in eager compiled; do
+    [ -f "$WORK/$run/metrics.jsonl" ] && cp "$WORK/$run/metrics.jsonl" "$OUT/metrics-$run.jsonl"
+    step "sample-$run" 120 "$PY" -m fundus_cli sample --run "$WORK/$run" --n 64 --out "$WORK/$run-samples.h5" \
+        --grid "$OUT/grid-$run.png" --force
+done
+"$PY" - "$WORK" <<'EOF'
+import json, statistics, sys
+from pathlib import Path
+for run in ("eager", "compiled"):
+    p = Path(sys.argv[1]) / run / "metrics.jsonl"
+    if not p.is_file():
+        print(run, "no metrics.jsonl"); continue
+    rows = [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+    speeds = [r["images_per_s"] for r in rows if r.get("images_per_s")]
+    late = speeds[len(speeds) // 2:]
+    print(f"{run}: {rows[-1]['step']} steps; images/s median of the later half of {len(speeds)} log lines: "
+          f"{statistics.median(late):.0f} (range {min(late):.0f}-{max(late):.0f})" if late else f"{run}: no speeds")
+EOF
+step evaluate 150 "$PY" -m fundus_cli evaluate --real "$WORK/data/holdout.h5" --synthetic "$WORK/eager-samples.h5" \
+    --train "$WORK/data/train.h5" --out "$OUT/evaluate-eager.json" --no-usefulness
+echo "=== failed steps: $failed"
+} 2>&1 | tee "$OUT/log.txt"
+exit "$(grep -c '^=== .*: exit [1-9]' "$OUT/log.txt")"
