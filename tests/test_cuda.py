@@ -55,16 +55,23 @@ def test_train_on_cuda_resumes_and_samples_on_a_cpu(arch: str, amp: str, tiny_da
     ref = _models(straight.checkpoint)
     assert all(torch.isfinite(v).all() for v in ref.values())
 
-    # resume from the step-5 snapshot: GPU kernels (cuDNN, atomics in backward passes) are not
-    # bitwise deterministic, so the weights must agree closely, not exactly
+    # resume from the step-5 snapshot. GPU kernels (atomics in cuDNN's and bilinear upsampling's
+    # backward passes) are not bitwise deterministic, and Adam turns a rounding-level gradient
+    # into a full step, so the yardstick is a second straight run: resuming may differ from the
+    # first run by no more than rerunning it does (a lost optimiser or RNG state differs by far more)
+    again = _models(train(_cfg(tiny_data, tmp_path / "again", arch, amp=amp)).checkpoint)
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     shutil.copy(tmp_path / "straight" / ckpt_mod.numbered_name(5), resumed_dir / ckpt_mod.LATEST)
     resumed = train(_cfg(tiny_data, resumed_dir, arch, amp=amp, resume=True))
     got = _models(resumed.checkpoint)
     assert resumed.step == 10 and got.keys() == ref.keys()
-    worst = max(float((got[k] - ref[k]).abs().max() / (ref[k].abs().max() + 1e-3)) for k in ref)
-    assert worst < 0.05, worst
+
+    def dist(a: dict[str, torch.Tensor]) -> float:
+        return max(float((a[k] - ref[k]).abs().max()) for k in ref)
+
+    print(f"{arch} {amp}: resuming differs from the first run by {dist(got):.3g}, rerunning by {dist(again):.3g}")
+    assert dist(got) <= 4 * dist(again) + 1e-6, (dist(got), dist(again))
 
     # the GPU-trained checkpoint samples on a CPU, and the images match the GPU's
     for dev in ("cpu", "cuda"):
