@@ -13,12 +13,11 @@ from fundus_cli.models.gan import (
     GAN_LOSSES,
     d_hinge_loss,
     d_nonsaturating_loss,
-    dark_lines,
     g_hinge_loss,
     g_nonsaturating_loss,
-    high_pass,
     r1_penalty,
 )
+from fundus_cli.models.d_inputs import dark_lines, high_pass
 
 TINY = {"width": 8, "latent_dim": 16}
 
@@ -193,6 +192,13 @@ def test_config_json_round_trip_and_validation() -> None:
         GANConfig(num_classes=-1)
     with pytest.raises(FundusError, match="discriminator must be one of strided, resnet"):
         GANConfig(discriminator="patch")
+    # the resnet discriminator has no extra inputs and no patch head: asking for them is refused,
+    # not ignored
+    with pytest.raises(FundusError, match="detail, vessel belong to the strided discriminator"):
+        GANConfig(discriminator="resnet", detail=2.0, vessel=4.0)
+    with pytest.raises(FundusError, match="patch_head belong"):
+        GANConfig(discriminator="resnet", patch_head=True)
+    assert GANConfig(discriminator="strided", detail=2.0, vessel=4.0, patch_head=True).vessel == 4.0
 
 
 def test_registry_rejects_unknown_names_listing_valid_ones() -> None:
