@@ -21,10 +21,12 @@ from fundus_cli.models.gan import (d_hinge_loss, d_nonsaturating_loss, g_hinge_l
 from fundus_cli.models.layers import set_fov_mask
 from fundus_cli.models.vae import beta_schedule, kl_divergence, reconstruction_loss
 from fundus_cli.training.diffaugment import diff_augment
-from fundus_cli.training.ema import ema_update, make_ema
+from fundus_cli.training.ema import ema_update, make_ema, standing_statistics
 
 
 ADA_INTERVAL = 4  # steps between adjustments of the augmentation probability
+# Standing statistics of the EMA generator (training/ema.py): 16 batches of 64 latents, fixed.
+STANDING_SEED, STANDING_BATCH, STANDING_BATCHES = 20190928, 64, 16
 ADA_IMAGES = 20_000  # real images over which p can move from 0 to 1 (StyleGAN2-ADA: 500k; our runs are short)
 
 
@@ -201,6 +203,7 @@ class GANTrainer:
         # Adaptive augmentation (Karras et al. 2020): the share of augmented images follows
         # the discriminator's overfitting signal E[sign D(real)] towards `ada_target`.
         self.ada_target = float(hp.get("ada_target", 0.0))
+        self._step, self._stats_step = 0, -1
         self.ada_p = 0.0 if self.ada_target > 0 else 1.0
         self._ada_sum, self._ada_n = 0.0, 0
 
@@ -274,19 +277,39 @@ class GANTrainer:
         self.opt_g.step()
         self.D.requires_grad_(True)
         ema_update(self.G_ema, self.G, _ema_decay(step, self.hp["ema_decay"]))
+        self._step = step + 1  # the EMA has changed: its statistics are due again
         out["g_loss"] = g_loss.item()
         return out
 
     @torch.no_grad()
     def sample(self, z: Tensor, y: Tensor | None, *, temperature: float = 1.0) -> Tensor:
         # Truncation: shrink z towards the mean (temperature < 1 trades variety for fidelity).
+        self._standing_statistics()
         return self.G_ema(z * temperature, y).float()
+
+    def _standing_statistics(self) -> None:
+        """The EMA generator's BatchNorm statistics recomputed for its weights (training/ema.py),
+        from fixed latents and uniform labels, once per step at most; checkpoints carry them."""
+        if self._stats_step == self._step:
+            return
+        gen = torch.Generator().manual_seed(STANDING_SEED)
+        n_classes = int(self.G.config.num_classes)
+
+        def run() -> None:
+            z = torch.randn(STANDING_BATCH, self.latent_dim, generator=gen).to(self.device)
+            y = torch.randint(n_classes, (STANDING_BATCH,), generator=gen).to(self.device) if n_classes else None
+            with _autocast(self.device, self.amp):
+                self.G_ema(z, y)
+
+        standing_statistics(self.G_ema, run, STANDING_BATCHES)
+        self._stats_step = self._step
 
     @property
     def latent_dim(self) -> int:
         return int(self.G.config.latent_dim)
 
     def state(self) -> dict[str, Any]:
+        self._standing_statistics()
         return {"models": {"generator": self.G.state_dict(), "discriminator": self.D.state_dict()},
                 "ema": {"generator": self.G_ema.state_dict()},
                 "optimizers": {"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict()},
@@ -296,6 +319,7 @@ class GANTrainer:
         self.G.load_state_dict(ckpt["models"]["generator"])
         self.D.load_state_dict(ckpt["models"]["discriminator"])
         self.G_ema.load_state_dict(ckpt["ema"]["generator"])
+        self._stats_step = -1
         self.opt_g.load_state_dict(ckpt["optimizers"]["generator"])
         self.opt_d.load_state_dict(ckpt["optimizers"]["discriminator"])
         ada = ckpt.get("ada")
