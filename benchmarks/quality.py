@@ -27,7 +27,10 @@ one after another, or `--jobs 2` at a time as separate processes (each still one
     gan-start  `fundus train --arch gan --preset demo --conditional` with the settings of commit
                1c01205, where issue 10 started, pinned explicitly (random flips, not one disc
                orientation; strided discriminator without patch head, no ADA, cutout
-               DiffAugment, batch 16, lr 5e-4, ...)
+               DiffAugment, batch 16, lr 5e-4, ...). Its settings, not its code: it is trained
+               and sampled by the checkout, so fixes such as the EMA generator's standing
+               BatchNorm statistics apply to it too (a 30-minute gan-start scored KID 3.58 x1e-3
+               sampled as at 1c01205, 0.48 with them: comparisons against it are conservative)
     gan        the same command with the checkout's current defaults
     vae-start  `--arch vae --preset demo --conditional` as at 1c01205 (random flips, no adversarial
                term)
