@@ -103,3 +103,29 @@ def test_runs_saved_before_upsample_detail_and_vessel_existed_keep_their_behavio
     assert {"detail": 0.0, "upsample": "nearest", "vessel": 0.0}.items() <= model_config(old, 2).items()
     new = model_config(TrainConfig(arch="gan"), 2)
     assert new["detail"] > 0 and new["upsample"] == "bilinear" and new["vessel"] > 0
+
+
+def test_r1_runs_the_discriminator_eagerly_when_compiled(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # R1 is a double backward, which compiled graphs refuse ("donated buffers ... create_graph",
+    # seen with --compile on CPU and GPU): the R1 pass must not go through torch.compile's module
+    from torch import nn
+
+    seen: list[tuple[str, bool]] = []
+
+    class Compiled(nn.Module):  # stands in for torch.compile's wrapper, recording its inputs
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, *rest):  # type: ignore[no-untyped-def]
+            seen.append((type(self.inner).__name__, x.requires_grad))
+            return self.inner(x, *rest)
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: Compiled(module))
+    t = GANTrainer(MODEL, {**GAN_HP, "r1_every": 1, "ada_target": 0.0}, device=torch.device("cpu"), fov_mask=None,
+                   compile=True)
+    out = t.step(torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 0, 1]), 0, torch.Generator().manual_seed(0))
+    assert "r1" in out and out["r1"] > 0
+    d_calls = [needs_grad for name, needs_grad in seen if "Discriminator" in name]
+    assert d_calls == [False]  # the compiled D ran the D step only; R1's input (needs grad) went eagerly
+    assert any("Generator" in name for name, _ in seen)
