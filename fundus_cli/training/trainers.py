@@ -204,7 +204,7 @@ class GANTrainer:
         # Adaptive augmentation (Karras et al. 2020): the share of augmented images follows
         # the discriminator's overfitting signal E[sign D(real)] towards `ada_target`.
         self.ada_target = float(hp.get("ada_target", 0.0))
-        self._step, self._stats_step = 0, -1
+        self._stats_fresh = False  # True while the EMA generator holds standing statistics for its weights
         self.ada_p = 0.0 if self.ada_target > 0 else 1.0
         self._ada_sum, self._ada_n = 0.0, 0
 
@@ -278,7 +278,7 @@ class GANTrainer:
         self.opt_g.step()
         self.D.requires_grad_(True)
         ema_update(self.G_ema, self.G, _ema_decay(step, self.hp["ema_decay"]))
-        self._step = step + 1  # the EMA has changed: its statistics are due again
+        self._stats_fresh = False  # the EMA has changed: its statistics are due again
         out["g_loss"] = g_loss.item()
         return out
 
@@ -290,8 +290,8 @@ class GANTrainer:
 
     def _standing_statistics(self) -> None:
         """The EMA generator's BatchNorm statistics recomputed for its weights (training/ema.py),
-        from fixed latents and uniform labels, once per step at most; checkpoints carry them."""
-        if self._stats_step == self._step:
+        from fixed latents and uniform labels, once per EMA update at most; checkpoints carry them."""
+        if self._stats_fresh:
             return
         gen = torch.Generator().manual_seed(STANDING_SEED)
         n_classes = int(self.G.config.num_classes)
@@ -303,7 +303,7 @@ class GANTrainer:
                 self.G_ema(z, y)
 
         standing_statistics(self.G_ema, run, STANDING_BATCHES)
-        self._stats_step = self._step
+        self._stats_fresh = True
 
     @property
     def latent_dim(self) -> int:
@@ -320,7 +320,7 @@ class GANTrainer:
         self.G.load_state_dict(ckpt["models"]["generator"])
         self.D.load_state_dict(ckpt["models"]["discriminator"])
         self.G_ema.load_state_dict(ckpt["ema"]["generator"])
-        self._stats_step = -1
+        self._stats_fresh = False
         self.opt_g.load_state_dict(ckpt["optimizers"]["generator"])
         self.opt_d.load_state_dict(ckpt["optimizers"]["discriminator"])
         ada = ckpt.get("ada")
