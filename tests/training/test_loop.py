@@ -167,6 +167,21 @@ def test_default_batch_shrinks_to_a_small_dataset_explicit_batch_is_refused(tiny
                           steps=1, device="cpu"))
 
 
+def test_demo_gan_learning_rate_follows_the_resolution() -> None:
+    """lr 5e-4 was tuned at 64 px; above 64 px the demo GAN takes 2e-4 (it collapsed at 128 px with 5e-4)."""
+    from fundus_cli.training.config import resolve
+
+    def lrs(**kw: object) -> tuple[float | None, float | None]:
+        cfg = resolve(TrainConfig(preset="demo", **kw), stored_size=256, n_images=100, n_classes=2,
+                      device=torch.device("cpu"))
+        return cfg.lr, cfg.lr_d
+
+    assert lrs(arch="gan", size=64) == lrs(arch="gan", size=32) == (5e-4, 5e-4)
+    assert lrs(arch="gan", size=128) == lrs(arch="gan", size=256) == (2e-4, 2e-4)
+    assert lrs(arch="gan", size=128, lr=1e-3) == (1e-3, 1e-3)  # what the user asks for wins
+    assert lrs(arch="vae", size=128) == lrs(arch="vae", size=64)  # the VAE's own, whatever the size
+
+
 def test_progress_lines_without_a_bar_follow_the_measured_rate(tiny_data: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from fundus_cli.training import loop
