@@ -130,8 +130,8 @@ def resolve(cfg: TrainConfig, *, stored_size: int, n_images: int, n_classes: int
     p = _PRESET_VALUES[cfg.preset]
     gpu = device.type == "cuda"
     size = _size(cfg, p, gpu, stored_size)
-    gp = {**p.get(cfg.arch, {}), **(p.get("over_64", {}).get(cfg.arch, {}) if size > 64 else {})}
-    batch = _batch(cfg, n_images, world)
+    gp = _arch_values(cfg, size)
+    batch = _batch(cfg, n_images, world, size)
     if cfg.conditional and n_classes < 2:
         raise FundusError(f"--conditional needs labels with at least 2 classes; {cfg.data} has "
                           f"{n_classes}. Ingest with --labels, or train without --conditional.")
@@ -183,12 +183,12 @@ def _size(cfg: TrainConfig, p: dict[str, Any], gpu: bool, stored_size: int) -> i
     return size
 
 
-def _batch(cfg: TrainConfig, n_images: int, world: int) -> int:
+def _batch(cfg: TrainConfig, n_images: int, world: int, size: int) -> int:
     """Images per step and process: --batch, else the preset's, shrunk to fit a small dataset."""
     if n_images < world:
         raise FundusError(f"{cfg.data} holds {n_images} images, fewer than the {world} processes; ingest more "
                           "images.")
-    batch = cfg.batch or default_batch(cfg)
+    batch = cfg.batch or default_batch(cfg, size)
     if cfg.batch is None:
         # the preset's batch is a default, not a request: a small dataset gets a smaller batch
         # (`train` logs it); only an explicit --batch that cannot work is refused
@@ -272,6 +272,14 @@ def hyperparameters(cfg: TrainConfig) -> dict[str, Any]:
             "ada_target": cfg.ada_target, "adv_weight": cfg.adv_weight}
 
 
-def default_batch(cfg: TrainConfig) -> int:
+def _arch_values(cfg: TrainConfig, size: int) -> dict[str, Any]:
+    """The preset's settings for the architecture at `size` px: its own, then its "over_64" ones above 64 px."""
     p = _PRESET_VALUES[cfg.preset]
-    return int(p.get(cfg.arch, {}).get("batch", p["batch"]))
+    return {**p.get(cfg.arch, {}), **(p.get("over_64", {}).get(cfg.arch, {}) if size > 64 else {})}
+
+
+def default_batch(cfg: TrainConfig, size: int | None = None) -> int:
+    """The preset's batch for the architecture at `size` px (default: the resolved cfg.size)."""
+    size = size if size is not None else cfg.size
+    assert size is not None, "default_batch needs a size: pass it, or a resolved config"
+    return int(_arch_values(cfg, size).get("batch", _PRESET_VALUES[cfg.preset]["batch"]))
