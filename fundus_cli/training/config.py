@@ -94,6 +94,7 @@ class TrainConfig:
     detail: float = 2.0  # GAN: discriminator also sees the image's high-pass copy times this (0 = off)
     vessel: float = 4.0  # GAN: discriminator also sees the green channel's dark thin lines times this (0 = off)
     ada_target: float = 0.0  # adaptive augmentation: target E[sign D(real)] (0 = fixed policy)
+    lecam: float = 0.1  # GAN: LeCam regularisation of the discriminator, its weight (0 = off)
     lr_d: float | None = None  # discriminator learning rate (default: lr)
     r1_gamma: float = 0.1  # R1 penalty weight on reals (0 = off)
     r1_every: int = 4  # lazy R1: apply every k steps, scaled by k
@@ -108,7 +109,7 @@ def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
 
 # Settings added after runs were saved, with the behaviour those runs had, so that a resumed
 # run's config.json says what its networks do.
-ADDED_SETTINGS: dict[str, Any] = {"upsample": "nearest", "detail": 0.0, "vessel": 0.0}
+ADDED_SETTINGS: dict[str, Any] = {"upsample": "nearest", "detail": 0.0, "vessel": 0.0, "lecam": 0.0}
 
 
 def config_from_json(d: dict[str, Any]) -> TrainConfig:
@@ -170,6 +171,8 @@ def _check_choices(cfg: TrainConfig) -> None:
         raise FundusError(f"--gan-loss {cfg.gan_loss!r}: choose hinge or nonsaturating.")
     if cfg.discriminator not in ("strided", "resnet"):
         raise FundusError(f"--discriminator {cfg.discriminator!r}: choose strided or resnet.")
+    if not cfg.lecam >= 0:  # also refuses NaN
+        raise FundusError(f"lecam {cfg.lecam!r}: give a weight >= 0 (0 = off).")
 
 
 def _size(cfg: TrainConfig, p: dict[str, Any], gpu: bool, stored_size: int) -> int:
@@ -269,7 +272,7 @@ def hyperparameters(cfg: TrainConfig) -> dict[str, Any]:
     return {"lr": cfg.lr, "lr_d": cfg.lr_d, "beta": cfg.beta, "kl_warmup": cfg.kl_warmup, "recon": cfg.recon,
             "ssim_weight": cfg.ssim_weight, "gan_loss": cfg.gan_loss, "r1_gamma": cfg.r1_gamma,
             "r1_every": cfg.r1_every, "diffaugment": cfg.diffaugment, "ema_decay": cfg.ema_decay,
-            "ada_target": cfg.ada_target, "adv_weight": cfg.adv_weight}
+            "ada_target": cfg.ada_target, "adv_weight": cfg.adv_weight, "lecam": cfg.lecam}
 
 
 def _arch_values(cfg: TrainConfig, size: int) -> dict[str, Any]:

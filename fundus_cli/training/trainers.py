@@ -9,12 +9,14 @@ resumed run draws exactly what an uninterrupted one would have.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from fundus_cli.errors import FundusError
 from fundus_cli.models import build_model
 from fundus_cli.models.gan import (d_hinge_loss, d_nonsaturating_loss, g_hinge_loss, g_nonsaturating_loss,
                                    r1_penalty)
@@ -29,6 +31,7 @@ ADA_INTERVAL = 4  # steps between adjustments of the augmentation probability
 # 30-minute 64-px GAN, KID 0.60 / 0.50 / 0.46 x1e-3 with 4 / 16 / 32 batches; 8 cost 3 CPU-s at 64 px).
 STANDING_SEED, STANDING_BATCH, STANDING_BATCHES = 20190928, 64, 8
 ADA_IMAGES = 20_000  # real images over which p can move from 0 to 1 (StyleGAN2-ADA: 500k; our runs are short)
+LECAM_DECAY = 0.99  # moving average of D's outputs that LeCam regularisation pulls towards (as in its paper)
 
 
 def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
@@ -207,6 +210,24 @@ class GANTrainer:
         self._stats_fresh = False  # True while the EMA generator holds standing statistics for its weights
         self.ada_p = 0.0 if self.ada_target > 0 else 1.0
         self._ada_sum, self._ada_n = 0.0, 0
+        # LeCam regularisation (Tseng et al. 2021): D's outputs on reals are pulled towards the
+        # moving average of its outputs on fakes and vice versa, which keeps D from drifting
+        # apart on a few hundred images. The averages start at the first batch's means.
+        self.lecam = float(hp.get("lecam", 0.0))
+        self._lecam_anchor: tuple[float, float] | None = None  # (reals, fakes)
+
+    def _lecam_penalty(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        """lecam * (mean (D(x) - a_fake)^2 + mean (D(G(z)) - a_real)^2) on the whole-image logits,
+        then the anchors move by LECAM_DECAY."""
+        r = (real_logits[:, 0] if real_logits.dim() == 2 else real_logits).float()
+        f = (fake_logits[:, 0] if fake_logits.dim() == 2 else fake_logits).float()
+        if self._lecam_anchor is None:
+            self._lecam_anchor = (r.mean().item(), f.mean().item())
+        a_real, a_fake = self._lecam_anchor
+        penalty = (r - a_fake).square().mean() + (f - a_real).square().mean()
+        k = LECAM_DECAY
+        self._lecam_anchor = (k * a_real + (1 - k) * r.mean().item(), k * a_fake + (1 - k) * f.mean().item())
+        return self.lecam * penalty
 
     def _z(self, n: int, gen: torch.Generator) -> Tensor:
         return torch.randn(n, self.G.config.latent_dim, generator=gen).to(self.device)
@@ -246,6 +267,8 @@ class GANTrainer:
         with _autocast(self.device, self.amp):
             logits = self.D_net(torch.cat([self._aug(x, gen), self._aug(fake.to(x.dtype), gen)]), yy)
         d_loss = self.d_loss(logits[:b], logits[b:])
+        if self.lecam > 0:
+            d_loss = d_loss + self._lecam_penalty(logits[:b], logits[b:])
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
@@ -314,7 +337,8 @@ class GANTrainer:
         return {"models": {"generator": self.G.state_dict(), "discriminator": self.D.state_dict()},
                 "ema": {"generator": self.G_ema.state_dict()},
                 "optimizers": {"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict()},
-                "ada": {"p": self.ada_p, "sum": self._ada_sum, "n": self._ada_n}}
+                "ada": {"p": self.ada_p, "sum": self._ada_sum, "n": self._ada_n},
+                "lecam": None if self._lecam_anchor is None else list(self._lecam_anchor)}
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self.G.load_state_dict(ckpt["models"]["generator"])
@@ -326,6 +350,11 @@ class GANTrainer:
         ada = ckpt.get("ada")
         if isinstance(ada, dict):
             self.ada_p, self._ada_sum, self._ada_n = float(ada["p"]), float(ada["sum"]), int(ada["n"])
+        anchor = ckpt.get("lecam")
+        if anchor is not None and not (isinstance(anchor, (list, tuple)) and len(anchor) == 2
+                                       and all(isinstance(a, (int, float)) and math.isfinite(a) for a in anchor)):
+            raise FundusError(f"the checkpoint's LeCam anchors should be two finite numbers, got {anchor!r}")
+        self._lecam_anchor = None if anchor is None else (float(anchor[0]), float(anchor[1]))
 
 
 TRAINERS = {"vae": VAETrainer, "gan": GANTrainer}

@@ -113,6 +113,10 @@ def test_refusals(tiny_data: Path, tmp_path: Path) -> None:
         train(_cfg(tiny_data, tmp_path / "r2", "vae", batch=64))
     with pytest.raises(FundusError, match="does not exist. Train without --resume"):
         train(_cfg(tiny_data, tmp_path / "r3", "vae", resume=True))
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(FundusError, match="lecam .*give a weight >= 0"):
+            train(_cfg(tiny_data, tmp_path / "r4", "gan", lecam=bad))
+    assert not (tmp_path / "r4").exists()
     # a corrupt checkpoint is refused with the file named, and nothing is overwritten
     (run / "checkpoint.pt").unlink()
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")

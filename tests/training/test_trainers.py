@@ -95,11 +95,12 @@ def test_bf16_autocast_and_channels_last_paths_run_on_cpu() -> None:
 
 
 
-def test_runs_saved_before_upsample_detail_and_vessel_existed_keep_their_behaviour() -> None:
-    from fundus_cli.training.config import TrainConfig, config_from_json, model_config
+def test_runs_saved_before_upsample_detail_vessel_and_lecam_existed_keep_their_behaviour() -> None:
+    from fundus_cli.training.config import TrainConfig, config_from_json, hyperparameters, model_config
 
     old = config_from_json({"arch": "gan"})
-    assert (old.detail, old.upsample, old.vessel) == (0.0, "nearest", 0.0)
+    assert (old.detail, old.upsample, old.vessel, old.lecam) == (0.0, "nearest", 0.0, 0.0)
+    assert hyperparameters(old)["lecam"] == 0.0 and hyperparameters(TrainConfig(arch="gan"))["lecam"] > 0
     assert {"detail": 0.0, "upsample": "nearest", "vessel": 0.0}.items() <= model_config(old, 2).items()
     new = model_config(TrainConfig(arch="gan"), 2)
     assert new["detail"] > 0 and new["upsample"] == "bilinear" and new["vessel"] > 0
@@ -129,3 +130,45 @@ def test_r1_runs_the_discriminator_eagerly_when_compiled(monkeypatch) -> None:  
     d_calls = [needs_grad for name, needs_grad in seen if "Discriminator" in name]
     assert d_calls == [False]  # the compiled D ran the D step only; R1's input (needs grad) went eagerly
     assert any("Generator" in name for name, _ in seen)
+
+
+def test_lecam_pulls_reals_to_the_fake_average_and_its_anchors_travel_in_the_checkpoint() -> None:
+    hp = {**GAN_HP, "ada_target": 0.0, "diffaugment": "", "lecam": 0.5}
+    t = GANTrainer(MODEL, hp, device=torch.device("cpu"), fov_mask=None)
+    real = torch.tensor([2.0, 2.0, 2.0, 2.0], requires_grad=True)
+    fake = torch.tensor([-1.0, -1.0, -1.0, -1.0], requires_grad=True)
+    # the first batch sets the anchors (2, -1): penalty = 0.5 * ((2 - -1)^2 + (-1 - 2)^2)
+    assert abs(t._lecam_penalty(real, fake).item() - 0.5 * 18) < 1e-6
+    assert t._lecam_anchor == (2.0, -1.0)
+    # the gradient pulls the real logits down towards the fakes' average and the fakes' up
+    real.grad = fake.grad = None
+    t._lecam_penalty(real, fake).backward()
+    assert (real.grad > 0).all() and (fake.grad < 0).all()
+    # anchors move by 1 - LECAM_DECAY towards the batch means, whole-image column only
+    t._lecam_anchor = (1.0, 0.0)
+    t._lecam_penalty(torch.full((4, 3), 3.0).index_fill(1, torch.tensor([1, 2]), 100.0), torch.zeros(4, 3))
+    k = trainers.LECAM_DECAY
+    assert abs(t._lecam_anchor[0] - (k * 1.0 + (1 - k) * 3.0)) < 1e-9 and t._lecam_anchor[1] == 0.0
+    # a step uses it (the anchors appear), and a resumed trainer continues from the same anchors
+    t2 = GANTrainer(MODEL, hp, device=torch.device("cpu"), fov_mask=None)
+    t2.step(torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 0, 1]), 1, torch.Generator().manual_seed(0))
+    assert t2._lecam_anchor is not None
+    other = GANTrainer(MODEL, hp, device=torch.device("cpu"), fov_mask=None)
+    other.load_state(t2.state())
+    assert other._lecam_anchor == t2._lecam_anchor
+    # off by default: no penalty, no anchors
+    off = GANTrainer(MODEL, {**hp, "lecam": 0.0}, device=torch.device("cpu"), fov_mask=None)
+    off.step(torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 0, 1]), 1, torch.Generator().manual_seed(0))
+    assert off._lecam_anchor is None and off.state()["lecam"] is None
+
+
+def test_a_checkpoint_with_malformed_lecam_anchors_is_refused() -> None:
+    import pytest
+
+    from fundus_cli.errors import FundusError
+
+    t = GANTrainer(MODEL, {**GAN_HP, "lecam": 0.1}, device=torch.device("cpu"), fov_mask=None)
+    for bad in ("x", [1.0], [1.0, float("nan")], ["a", "b"]):
+        state = {**t.state(), "lecam": bad}
+        with pytest.raises(FundusError, match="LeCam"):
+            t.load_state(state)
