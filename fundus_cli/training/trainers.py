@@ -34,6 +34,12 @@ ADA_IMAGES = 20_000  # real images over which p can move from 0 to 1 (StyleGAN2-
 LECAM_DECAY = 0.99  # moving average of D's outputs that LeCam regularisation pulls towards (as in its paper)
 
 
+def _whole_image(logits: Tensor) -> Tensor:
+    """The whole-image logits (B,) of a discriminator's output: (B,) as is, or column 0 of the
+    (B, 1 + P) logits of one with a patch head."""
+    return logits[:, 0] if logits.dim() == 2 else logits
+
+
 def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
     if amp == "off":
         return contextlib.nullcontext()
@@ -219,8 +225,7 @@ class GANTrainer:
     def _lecam_penalty(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
         """lecam * (mean (D(x) - a_fake)^2 + mean (D(G(z)) - a_real)^2) on the whole-image logits,
         then the anchors move by LECAM_DECAY."""
-        r = (real_logits[:, 0] if real_logits.dim() == 2 else real_logits).float()
-        f = (fake_logits[:, 0] if fake_logits.dim() == 2 else fake_logits).float()
+        r, f = _whole_image(real_logits).float(), _whole_image(fake_logits).float()
         if self._lecam_anchor is None:
             self._lecam_anchor = (r.mean().item(), f.mean().item())
         a_real, a_fake = self._lecam_anchor
@@ -246,7 +251,7 @@ class GANTrainer:
 
     def _ada_adjust(self, real_logits: Tensor, batch: int) -> None:
         """Every ADA_INTERVAL steps move p by up to ADA_INTERVAL * batch / ADA_IMAGES."""
-        head = real_logits[:, 0] if real_logits.dim() == 2 else real_logits
+        head = _whole_image(real_logits)
         self._ada_sum += float(torch.sign(head).sum())
         self._ada_n += head.shape[0]
         if self._ada_n >= ADA_INTERVAL * batch:
