@@ -35,7 +35,7 @@ def plot_losses(metrics_jsonl: Path, out_png: Path, *, title: str) -> Path | Non
     if not rows:
         return None
     plt = pyplot()
-    keys = [k for k in ("loss", "recon", "kl", "d_loss", "g_loss", "r1", "d_real", "d_fake") if k in rows[-1]]
+    keys = [k for k in ("loss", "recon", "kl", "d_loss", "g_loss", "r1", "lecam", "d_real", "d_fake") if k in rows[-1]]
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.0), squeeze=False)
     for ax, k in zip(axes[0], keys):

@@ -21,6 +21,7 @@ checkpoint from a colleague is as safe to open as a JSON file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from pathlib import Path
@@ -156,6 +157,7 @@ def _validate_structure(ckpt: dict[str, Any], path: Path) -> None:
     contents is a clear error here and never a traceback later."""
     _check_fields(ckpt, path)
     _check_states(ckpt, path)
+    _check_gan_state(ckpt, path)
     _check_weights_fit(ckpt, path)
 
 
@@ -204,6 +206,23 @@ def _check_states(ckpt: dict[str, Any], path: Path) -> None:
             raise _damaged(path, f"random-generator state '{name}' is malformed")
     if "optimizers" in ckpt and "rank0" not in ckpt.get("rng", {}):
         raise _damaged(path, "it has optimizer states but no random-generator state 'rank0' to resume from")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_gan_state(ckpt: dict[str, Any], path: Path) -> None:
+    """The GAN trainer's own numbers: ADA's probability and its running sign sum, and LeCam's two anchors."""
+    ada = ckpt.get("ada")
+    if ada is not None and not (isinstance(ada, dict) and _number(ada.get("p")) and 0 <= ada["p"] <= 1
+                                and _number(ada.get("sum")) and isinstance(ada.get("n"), int)
+                                and not isinstance(ada["n"], bool) and ada["n"] >= 0):
+        raise _damaged(path, "'ada' is not an augmentation state (p in [0, 1], a finite sum, a count)")
+    anchor = ckpt.get("lecam")
+    if anchor is not None and not (isinstance(anchor, (list, tuple)) and len(anchor) == 2
+                                   and all(_number(a) for a in anchor)):
+        raise _damaged(path, "'lecam' is not two finite LeCam anchors")
 
 
 def _check_weights_fit(ckpt: dict[str, Any], path: Path) -> None:

@@ -9,14 +9,12 @@ resumed run draws exactly what an uninterrupted one would have.
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from fundus_cli.errors import FundusError
 from fundus_cli.models import build_model
 from fundus_cli.models.gan import (d_hinge_loss, d_nonsaturating_loss, g_hinge_loss, g_nonsaturating_loss,
                                    r1_penalty)
@@ -272,13 +270,15 @@ class GANTrainer:
         with _autocast(self.device, self.amp):
             logits = self.D_net(torch.cat([self._aug(x, gen), self._aug(fake.to(x.dtype), gen)]), yy)
         d_loss = self.d_loss(logits[:b], logits[b:])
-        if self.lecam > 0:
-            d_loss = d_loss + self._lecam_penalty(logits[:b], logits[b:])
+        lecam = self._lecam_penalty(logits[:b], logits[b:]) if self.lecam > 0 else None
         self.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
+        (d_loss if lecam is None else d_loss + lecam).backward()
         self.opt_d.step()
         logits = logits.detach().float()
+        # d_loss is the adversarial loss alone, comparable between runs with and without LeCam.
         out = {"d_loss": d_loss.item(), "d_real": logits[:b].mean().item(), "d_fake": logits[b:].mean().item()}
+        if lecam is not None:
+            out["lecam"] = lecam.item()
         if self.ada_target > 0:
             self._ada_adjust(logits[:b], b)
             out["ada_p"] = self.ada_p
@@ -352,13 +352,11 @@ class GANTrainer:
         self._stats_fresh = False
         self.opt_g.load_state_dict(ckpt["optimizers"]["generator"])
         self.opt_d.load_state_dict(ckpt["optimizers"]["discriminator"])
+        # Both entries were checked by load_checkpoint (checkpoint.py: _check_gan_state).
         ada = ckpt.get("ada")
-        if isinstance(ada, dict):
+        if ada is not None:
             self.ada_p, self._ada_sum, self._ada_n = float(ada["p"]), float(ada["sum"]), int(ada["n"])
         anchor = ckpt.get("lecam")
-        if anchor is not None and not (isinstance(anchor, (list, tuple)) and len(anchor) == 2
-                                       and all(isinstance(a, (int, float)) and math.isfinite(a) for a in anchor)):
-            raise FundusError(f"the checkpoint's LeCam anchors should be two finite numbers, got {anchor!r}")
         self._lecam_anchor = None if anchor is None else (float(anchor[0]), float(anchor[1]))
 
 

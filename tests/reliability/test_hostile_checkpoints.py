@@ -46,11 +46,29 @@ def _bad_config_value(ck: dict) -> None:
     ck["model_config"]["generator"] = "no-such-generator"
 
 
+def _ada_text(ck: dict) -> None:
+    ck["ada"] = "p=1"
+
+
+def _ada_nan(ck: dict) -> None:
+    ck["ada"] = {"p": float("nan"), "sum": 0.0, "n": 0}
+
+
+def _lecam_one(ck: dict) -> None:
+    ck["lecam"] = [1.0]
+
+
+def _lecam_nan(ck: dict) -> None:
+    ck["lecam"] = [0.5, float("inf")]
+
+
 CASES: dict[str, Callable[[dict], None]] = {
     "model_config without latent_dim": _del_latent, "model_config of another size": _wider,
     "a tensor of the wrong shape": _wrong_tensor, "train_config a list": _train_config_list,
     "train_config with unknown keys": _train_config_unknown, "optimizer for other parameters": _optimizer_garbage,
     "models a list": _models_not_dict, "step as text": _step_text, "unknown generator": _bad_config_value,
+    "ada state as text": _ada_text, "ada probability NaN": _ada_nan, "one LeCam anchor": _lecam_one,
+    "an infinite LeCam anchor": _lecam_nan,
 }
 
 
