@@ -20,6 +20,18 @@ of 16 with vessel 0 (seed 0; seed 1 with vessel 4: KID 4.07, sharpness 507, ~5 o
 Sampled with the EMA generator's standing statistics (training/ema.py), which removed most of
 that seed-to-seed spread, 10-CPU-minute runs, vessel 0 -> 4, seeds 0 / 1: KID 1.18 / 1.00 ->
 0.46 / 0.79 x1e-3, recall 0.78 / 0.74 -> 0.84 / 0.86, sharpness distance 507 / 408 -> 298 / 271.
+`fundus train` uses vessel 8 (since 2026-11-27). With LeCam on, 30 CPU-minutes at 64 px, seeds 0 / 1,
+vessel 4 -> 8: mean vessel fraction of the samples 0.013 / 0.015 -> 0.018 / 0.017 (real 0.026),
+vessel-density distance 0.0130 / 0.0111 -> 0.0085 / 0.0091 (real baseline 0.0038), sharpness
+distance 237 / 210 -> 149 / 118 (real 74), recall 0.80 / 0.74 -> 0.80 / 0.84, and vessel arcades
+visible in more samples; worse: KID 0.31 / 0.28 -> 0.43 / 0.51 x1e-3 (real floor 0.17), the
+classifier-feature KID excess 13 / 26 -> 27 / 33 and the optic-disc distance 1.9 / 2.5 -> 7.7 / 4.6.
+At 128 px (120 CPU-minutes, one seed, no LeCam), vessel 4 -> 8: vessel-density distance 0.033 ->
+0.022, sharpness 114 -> 88, optic disc 8.6 -> 5.2, classifier-feature excess 153 -> 109; KID 0.86 ->
+1.57; arcades in about 8 of 16 samples instead of 3.
+A relative map (the top-hat of the log of green, so that dark fundi count like bright ones; one
+seed at 64 px, gain 4) drew as many vessels as the absolute one at 8 (fraction 0.017) with a
+worse KID (0.54) and colour (3.6): not adopted.
 """
 
 from __future__ import annotations

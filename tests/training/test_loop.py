@@ -186,6 +186,21 @@ def test_demo_gan_learning_rate_follows_the_resolution() -> None:
     assert lrs(arch="vae", size=128) == lrs(arch="vae", size=64)  # the VAE's own, whatever the size
 
 
+@pytest.mark.parametrize("preset", ["demo", "default", "large"])
+def test_lecam_is_on_up_to_64_px_and_off_above_unless_asked_for(preset: str) -> None:
+    """Measured at 64 px (better KID); at 128 px the samples collapsed with it."""
+    from fundus_cli.training.config import resolve
+
+    def lecam(**kw: object) -> float | None:
+        return resolve(TrainConfig(preset=preset, **kw), stored_size=256, n_images=100, n_classes=2,
+                       device=torch.device("cpu")).lecam
+
+    assert lecam(arch="gan", size=64) == lecam(arch="gan", size=32) == 0.1
+    assert lecam(arch="gan", size=128) == lecam(arch="gan", size=256) == 0.0
+    assert lecam(arch="gan", size=128, lecam=0.3) == 0.3 and lecam(arch="gan", size=64, lecam=0.0) == 0.0
+    assert lecam(arch="vae", size=64) == 0.0  # a GAN setting
+
+
 def test_progress_lines_without_a_bar_follow_the_measured_rate(tiny_data: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from fundus_cli.training import loop
