@@ -161,6 +161,16 @@ def _validate_structure(ckpt: dict[str, Any], path: Path) -> None:
     _check_weights_fit(ckpt, path)
 
 
+def _number(value: Any) -> bool:
+    """A finite int or float (bool is an int in Python but not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: Any) -> bool:
+    """A whole number >= 0 (a step, a number of images); bool is an int in Python but not a count."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     """The architecture is known, and the settings and plain entries have the types their readers expect."""
     from fundus_cli.models.registry import ARCHITECTURES
@@ -172,7 +182,7 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
         if not isinstance(ckpt[key], dict) or not all(isinstance(k, str) for k in ckpt[key]):
             raise _damaged(path, f"'{key}' is not a dictionary")
     step = ckpt["step"]
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+    if not _count(step):
         raise _damaged(path, "'step' is not a step number")
     if not isinstance(ckpt["class_names"], (list, tuple)) or not all(isinstance(c, str) for c in ckpt["class_names"]):
         raise _damaged(path, "'class_names' is not a list of names")
@@ -208,16 +218,11 @@ def _check_states(ckpt: dict[str, Any], path: Path) -> None:
         raise _damaged(path, "it has optimizer states but no random-generator state 'rank0' to resume from")
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_gan_state(ckpt: dict[str, Any], path: Path) -> None:
     """The GAN trainer's own numbers: ADA's probability and its running sign sum, and LeCam's two anchors."""
     ada = ckpt.get("ada")
     if ada is not None and not (isinstance(ada, dict) and _number(ada.get("p")) and 0 <= ada["p"] <= 1
-                                and _number(ada.get("sum")) and isinstance(ada.get("n"), int)
-                                and not isinstance(ada["n"], bool) and ada["n"] >= 0):
+                                and _number(ada.get("sum")) and _count(ada.get("n"))):
         raise _damaged(path, "'ada' is not an augmentation state (p in [0, 1], a finite sum, a count)")
     anchor = ckpt.get("lecam")
     if anchor is not None and not (isinstance(anchor, (list, tuple)) and len(anchor) == 2
