@@ -224,12 +224,11 @@ class GANTrainer:
         """lecam * (mean (D(x) - a_fake)^2 + mean (D(G(z)) - a_real)^2) on the whole-image logits,
         then the anchors move by LECAM_DECAY."""
         r, f = _whole_image(real_logits).float(), _whole_image(fake_logits).float()
-        if self._lecam_anchor is None:
-            self._lecam_anchor = (r.mean().item(), f.mean().item())
-        a_real, a_fake = self._lecam_anchor
+        m_real, m_fake = torch.stack([r.mean(), f.mean()]).tolist()  # one device sync for both
+        a_real, a_fake = self._lecam_anchor or (m_real, m_fake)
         penalty = (r - a_fake).square().mean() + (f - a_real).square().mean()
         k = LECAM_DECAY
-        self._lecam_anchor = (k * a_real + (1 - k) * r.mean().item(), k * a_fake + (1 - k) * f.mean().item())
+        self._lecam_anchor = (k * a_real + (1 - k) * m_real, k * a_fake + (1 - k) * m_fake)
         return self.lecam * penalty
 
     def _z(self, n: int, gen: torch.Generator) -> Tensor:
