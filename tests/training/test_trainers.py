@@ -158,7 +158,7 @@ def test_lecam_pulls_reals_to_the_fake_average_and_its_anchors_travel_in_the_che
     other = GANTrainer(MODEL, hp, device=torch.device("cpu"), fov_mask=None)
     other.load_state(t2.state())
     assert other._lecam_anchor == t2._lecam_anchor
-    # off by default: no penalty, no anchors
+    # weight 0 (what presets give above 64 px): no penalty, no anchors
     off = GANTrainer(MODEL, {**hp, "lecam": 0.0}, device=torch.device("cpu"), fov_mask=None)
     logged = off.step(torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 0, 1]), 1, torch.Generator().manual_seed(0))
     assert off._lecam_anchor is None and off.state()["lecam"] is None and "lecam" not in logged
