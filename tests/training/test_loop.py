@@ -213,3 +213,7 @@ def test_progress_lines_without_a_bar_follow_the_measured_rate(tiny_data: Path, 
     assert lines[-1].endswith("about 0.0 min left") and "images/s" in lines[0]
     line = loop._progress_line(TrainConfig(arch="vae", steps=100), 50, [(0.6, 32)] * 60)
     assert line == "train vae: step 50/100 (50 %), 53.3 images/s, about 0.5 min left"
+    # a first step that compiled for 95 s does not make the rate of the steps after it look like 1 image/s
+    line = loop._progress_line(TrainConfig(arch="gan", steps=1000), 3, [(95.0, 64), (0.2, 64), (0.2, 64)])
+    assert line == "train gan: step 3/1000 (0 %), 320.0 images/s, about 3.3 min left"
+    assert "0.7 images/s" in loop._progress_line(TrainConfig(arch="gan", steps=1000), 1, [(95.0, 64)])
