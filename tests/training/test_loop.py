@@ -240,3 +240,14 @@ def test_progress_lines_without_a_bar_follow_the_measured_rate(tiny_data: Path, 
     line = loop._progress_line(TrainConfig(arch="gan", steps=1000), 3, [(95.0, 64), (0.2, 64), (0.2, 64)])
     assert line == "train gan: step 3/1000 (0 %), 320.0 images/s, about 3.3 min left"
     assert "0.7 images/s" in loop._progress_line(TrainConfig(arch="gan", steps=1000), 1, [(95.0, 64)])
+
+
+def test_compile_says_that_the_first_step_compiles(tiny_data: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: module)  # the loop's side, not Inductor's
+    said: list[str] = []
+    train(_cfg(tiny_data, tmp_path / "c", "gan", steps=1, compile=True), log=said.append)
+    assert any(s.startswith("torch.compile: the first step compiles") and "--minutes" in s for s in said)
+    said.clear()
+    train(_cfg(tiny_data, tmp_path / "e", "gan", steps=1), log=said.append)
+    assert not any("torch.compile" in s for s in said)
