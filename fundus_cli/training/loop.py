@@ -364,7 +364,7 @@ def _progress_line(cfg: TrainConfig, done: int, window: list[tuple[float, int]])
     leaving out a run's first step while later ones are there: with --compile it holds the
     compilation (95 s on an H200, against 0.2 s for the steps after it), which otherwise made the
     first lines say 0.7 images/s and thousands of minutes left."""
-    recent = window[-50:] if len(window) > 50 else window[1:] or window
+    recent = window[max(1, len(window) - 50):] or window  # the last 50, the first step only when alone
     secs = sum(w[0] for w in recent)
     per_step = secs / max(1, len(recent))
     left = per_step * (int(cfg.steps or 0) - done) / 60
