@@ -102,6 +102,7 @@ def test_runs_saved_before_upsample_detail_vessel_and_lecam_existed_keep_their_b
     old = config_from_json({"arch": "gan"})
     assert (old.detail, old.upsample, old.vessel, old.lecam) == (0.0, "nearest", 0.0, 0.0)
     assert hyperparameters(old)["lecam"] == 0.0
+    assert old.ada_target == 0.0 and hyperparameters(old)["ada_target"] == 0.0  # a fixed policy, as those runs had
     assert {"detail": 0.0, "upsample": "nearest", "vessel": 0.0}.items() <= model_config(old, 2).items()
     new = model_config(TrainConfig(arch="gan"), 2)
     assert new["detail"] > 0 and new["upsample"] == "bilinear" and new["vessel"] > 0
