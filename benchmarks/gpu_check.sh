@@ -14,12 +14,16 @@
 # e.g. bash benchmarks/gpu_check.sh ../shared/data/idrid516/images ../shared/data/idrid516/labels.csv gpu-out
 # Environment: PYTHON (python3), EAGER_MIN (2), COMPILED_MIN (2.5: compiling alone took 95 s on an
 # H200 with an empty cache, 2026-11-27, and 1.5 minutes left one step), WORK (a temporary folder),
-# SIZE (256), AMP (bf16).
+# SIZE (256), AMP (bf16), TESTS (1; 0 leaves out step 1), PARALLEL (0; 1 trains the eager and the
+# compiled run at the same time: the GPU is latency-bound at this network size, so two runs get
+# most of its time each, and their images/s then read lower than alone), SAMPLE_EVERY (passed to
+# --sample-every when set: intermediate grids).
 # Each step runs even when an earlier one fails; the exit status is the number of failed steps.
 set -u
 RAW=${1:?RAW_FOLDER}; LABELS=${2:?LABELS_CSV}; OUT=${3:?OUT_FOLDER}
 PY=${PYTHON:-python3}
 EAGER_MIN=${EAGER_MIN:-2}; COMPILED_MIN=${COMPILED_MIN:-2.5}
+TESTS=${TESTS:-1}; PARALLEL=${PARALLEL:-0}
 SIZE=${SIZE:-256}; AMP=${AMP:-bf16}  # SIZE=32 AMP=off: a smoke run of this script on a CPU
 WORK=${WORK:-$(mktemp -d)}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -38,12 +42,23 @@ fundus() { "$PY" -m fundus_cli "$@"; }
 {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name(0), 'bf16', torch.cuda.is_bf16_supported())"
-step tests 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+[ "$TESTS" = 1 ] && step tests 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 step ingest 120 "$PY" -m fundus_cli ingest "$RAW" --out "$WORK/data" --size "$SIZE" --labels "$LABELS" \
     --id-column file --label-column any_lesion --holdout-fraction 0.2 --workers 0 --force
 common=(train --arch gan --preset large --size "$SIZE" --conditional --amp "$AMP" --data "$WORK/data/train.h5")
+[ -n "${SAMPLE_EVERY:-}" ] && common+=(--sample-every "$SAMPLE_EVERY")
+if [ "$PARALLEL" = 1 ]; then
+    step train-compiled $(( ${COMPILED_MIN%.*} * 60 + 180 )) "$PY" -m fundus_cli "${common[@]}" --compile \
+        --out "$WORK/compiled" --minutes "$COMPILED_MIN" > "$WORK/train-compiled.log" 2>&1 &
+    compiled_pid=$!
+fi
 step train-eager $(( ${EAGER_MIN%.*} * 60 + 120 )) "$PY" -m fundus_cli "${common[@]}" --out "$WORK/eager" --minutes "$EAGER_MIN"
-step train-compiled $(( ${COMPILED_MIN%.*} * 60 + 180 )) "$PY" -m fundus_cli "${common[@]}" --compile --out "$WORK/compiled" --minutes "$COMPILED_MIN"
+if [ "$PARALLEL" = 1 ]; then
+    wait "$compiled_pid"; cat "$WORK/train-compiled.log"
+    grep -q '^=== train-compiled: exit 0' "$WORK/train-compiled.log" || failed=$((failed + 1))
+else
+    step train-compiled $(( ${COMPILED_MIN%.*} * 60 + 180 )) "$PY" -m fundus_cli "${common[@]}" --compile --out "$WORK/compiled" --minutes "$COMPILED_MIN"
+fi
 for run in eager compiled; do
     [ -f "$WORK/$run/metrics.jsonl" ] && cp "$WORK/$run/metrics.jsonl" "$OUT/metrics-$run.jsonl"
     step "sample-$run" 120 "$PY" -m fundus_cli sample --run "$WORK/$run" --n 64 --out "$WORK/$run-samples.h5" \
@@ -71,7 +86,8 @@ for run in ("eager", "compiled"):
               f"ADA p at the end {half[-1].get('ada_p', 'off')}")
 EOF
 step evaluate 150 "$PY" -m fundus_cli evaluate --real "$WORK/data/holdout.h5" --synthetic "$WORK/eager-samples.h5" \
-    --train "$WORK/data/train.h5" --out "$OUT/evaluate-eager.json" --no-usefulness
+    --train "$WORK/data/train.h5" --out "$WORK/evaluate" --no-usefulness
+for f in report.json grids.png; do [ -f "$WORK/evaluate/$f" ] && cp "$WORK/evaluate/$f" "$OUT/evaluate-eager-$f"; done
 echo "=== failed steps: $failed"
 } 2>&1 | tee "$OUT/log.txt"
 exit "$(grep -c '^=== .*: exit [1-9]' "$OUT/log.txt")"
