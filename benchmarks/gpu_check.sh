@@ -17,7 +17,9 @@
 # SIZE (256), AMP (bf16), TESTS (1; 0 leaves out step 1), PARALLEL (0; 1 trains the eager and the
 # compiled run at the same time: the GPU is latency-bound at this network size, so two runs get
 # most of its time each, and their images/s then read lower than alone), SAMPLE_EVERY (passed to
-# --sample-every when set: intermediate grids).
+# --sample-every when set: intermediate grids), COMPILED_ARGS (more `fundus train` options for the
+# compiled run only, e.g. "--lr 0.0001": compilation leaves the arithmetic as it is, so with
+# PARALLEL=1 one lease compares two settings side by side).
 # Each step runs even when an earlier one fails; the exit status is the number of failed steps.
 set -u
 RAW=${1:?RAW_FOLDER}; LABELS=${2:?LABELS_CSV}; OUT=${3:?OUT_FOLDER}
@@ -47,8 +49,9 @@ step ingest 120 "$PY" -m fundus_cli ingest "$RAW" --out "$WORK/data" --size "$SI
     --id-column file --label-column any_lesion --holdout-fraction 0.2 --workers 0 --force
 common=(train --arch gan --preset large --size "$SIZE" --conditional --amp "$AMP" --data "$WORK/data/train.h5")
 [ -n "${SAMPLE_EVERY:-}" ] && common+=(--sample-every "$SAMPLE_EVERY")
+read -r -a compiled_args <<< "${COMPILED_ARGS:-}"
 if [ "$PARALLEL" = 1 ]; then
-    step train-compiled $(( ${COMPILED_MIN%.*} * 60 + 180 )) "$PY" -m fundus_cli "${common[@]}" --compile \
+    step train-compiled $(( ${COMPILED_MIN%.*} * 60 + 180 )) "$PY" -m fundus_cli "${common[@]}" --compile "${compiled_args[@]}" \
         --out "$WORK/compiled" --minutes "$COMPILED_MIN" > "$WORK/train-compiled.log" 2>&1 &
     compiled_pid=$!
 fi
@@ -57,7 +60,7 @@ if [ "$PARALLEL" = 1 ]; then
     wait "$compiled_pid"; cat "$WORK/train-compiled.log"
     grep -q '^=== train-compiled: exit 0' "$WORK/train-compiled.log" || failed=$((failed + 1))
 else
-    step train-compiled $(( ${COMPILED_MIN%.*} * 60 + 180 )) "$PY" -m fundus_cli "${common[@]}" --compile --out "$WORK/compiled" --minutes "$COMPILED_MIN"
+    step train-compiled $(( ${COMPILED_MIN%.*} * 60 + 180 )) "$PY" -m fundus_cli "${common[@]}" --compile "${compiled_args[@]}" --out "$WORK/compiled" --minutes "$COMPILED_MIN"
 fi
 for run in eager compiled; do
     [ -f "$WORK/$run/metrics.jsonl" ] && cp "$WORK/$run/metrics.jsonl" "$OUT/metrics-$run.jsonl"
