@@ -50,9 +50,10 @@ step ingest 120 "$PY" -m fundus_cli ingest "$RAW" --out "$WORK/data" --size "$SI
 common=(train --arch gan --preset large --size "$SIZE" --conditional --amp "$AMP" --data "$WORK/data/train.h5")
 [ -n "${SAMPLE_EVERY:-}" ] && common+=(--sample-every "$SAMPLE_EVERY")
 read -r -a compiled_args <<< "${COMPILED_ARGS:-}"
+compiled=(train-compiled $(( ${COMPILED_MIN%.*} * 60 + 180 )) "$PY" -m fundus_cli "${common[@]}" --compile
+          "${compiled_args[@]}" --out "$WORK/compiled" --minutes "$COMPILED_MIN")
 if [ "$PARALLEL" = 1 ]; then
-    step train-compiled $(( ${COMPILED_MIN%.*} * 60 + 180 )) "$PY" -m fundus_cli "${common[@]}" --compile "${compiled_args[@]}" \
-        --out "$WORK/compiled" --minutes "$COMPILED_MIN" > "$WORK/train-compiled.log" 2>&1 &
+    step "${compiled[@]}" > "$WORK/train-compiled.log" 2>&1 &
     compiled_pid=$!
 fi
 step train-eager $(( ${EAGER_MIN%.*} * 60 + 120 )) "$PY" -m fundus_cli "${common[@]}" --out "$WORK/eager" --minutes "$EAGER_MIN"
@@ -60,7 +61,7 @@ if [ "$PARALLEL" = 1 ]; then
     wait "$compiled_pid"; cat "$WORK/train-compiled.log"
     grep -q '^=== train-compiled: exit 0' "$WORK/train-compiled.log" || failed=$((failed + 1))
 else
-    step train-compiled $(( ${COMPILED_MIN%.*} * 60 + 180 )) "$PY" -m fundus_cli "${common[@]}" --compile "${compiled_args[@]}" --out "$WORK/compiled" --minutes "$COMPILED_MIN"
+    step "${compiled[@]}"
 fi
 for run in eager compiled; do
     [ -f "$WORK/$run/metrics.jsonl" ] && cp "$WORK/$run/metrics.jsonl" "$OUT/metrics-$run.jsonl"
