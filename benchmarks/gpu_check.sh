@@ -39,7 +39,6 @@ step() {  # step NAME SECONDS COMMAND...: one timed step, its output in the log
     echo "=== $name: exit $rc after $((SECONDS - t0)) s"
     [ $rc -eq 0 ] || failed=$((failed + 1))
 }
-fundus() { "$PY" -m fundus_cli "$@"; }
 
 {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
