@@ -7,12 +7,14 @@
 #      EAGER_MIN minutes, then the same with --compile for COMPILED_MIN minutes;
 #      steady-state images/s read from each run's metrics.jsonl (the second half of its lines,
 #      so that start-up and compilation do not count);
-#   4. 64 samples of each run as a grid, and `fundus evaluate` of the eager run's samples.
+#   4. 64 samples of each run as a grid, and `fundus evaluate` of the first run's samples (eager,
+#      or compiled with EAGER_MIN=0).
 #
 # Usage, from the project root on the GPU machine (the checkout's own fundus_cli is run):
 #     bash benchmarks/gpu_check.sh RAW_FOLDER LABELS_CSV OUT_FOLDER
 # e.g. bash benchmarks/gpu_check.sh ../shared/data/idrid516/images ../shared/data/idrid516/labels.csv gpu-out
-# Environment: PYTHON (python3), EAGER_MIN (2), COMPILED_MIN (2.5: compiling alone took 95 s on an
+# Environment: PYTHON (python3), EAGER_MIN (2; 0 leaves the eager run out, so that the compiled one
+# has the GPU and the lease alone), COMPILED_MIN (2.5: compiling alone took 95 s on an
 # H200 with an empty cache, 2026-11-27, and 1.5 minutes left one step), WORK (a temporary folder),
 # SIZE (256), AMP (bf16), TESTS (1; 0 leaves out step 1), PARALLEL (0; 1 trains the eager and the
 # compiled run at the same time: the GPU is latency-bound at this network size, so two runs get
@@ -20,6 +22,8 @@
 # --sample-every when set: intermediate grids), COMPILED_ARGS (more `fundus train` options for the
 # compiled run only, e.g. "--lr 0.0001": compilation leaves the arithmetic as it is, so with
 # PARALLEL=1 one lease compares two settings side by side).
+# With SAMPLE_EVERY, trajectory-RUN.png holds up to four of each run's intermediate grids, evenly
+# spaced and halved, left to right and top to bottom: whether the samples gain or lose variety.
 # Each step runs even when an earlier one fails; the exit status is the number of failed steps.
 set -u
 RAW=${1:?RAW_FOLDER}; LABELS=${2:?LABELS_CSV}; OUT=${3:?OUT_FOLDER}
@@ -55,22 +59,35 @@ if [ "$PARALLEL" = 1 ]; then
     step "${compiled[@]}" > "$WORK/train-compiled.log" 2>&1 &
     compiled_pid=$!
 fi
-step train-eager $(( ${EAGER_MIN%.*} * 60 + 120 )) "$PY" -m fundus_cli "${common[@]}" --out "$WORK/eager" --minutes "$EAGER_MIN"
+runs=(compiled)
+if [ "$EAGER_MIN" != 0 ]; then
+    runs=(eager compiled)
+    step train-eager $(( ${EAGER_MIN%.*} * 60 + 120 )) "$PY" -m fundus_cli "${common[@]}" --out "$WORK/eager" --minutes "$EAGER_MIN"
+fi
 if [ "$PARALLEL" = 1 ]; then
     wait "$compiled_pid"; cat "$WORK/train-compiled.log"
     grep -q '^=== train-compiled: exit 0' "$WORK/train-compiled.log" || failed=$((failed + 1))
 else
     step "${compiled[@]}"
 fi
-for run in eager compiled; do
+for run in "${runs[@]}"; do
     [ -f "$WORK/$run/metrics.jsonl" ] && cp "$WORK/$run/metrics.jsonl" "$OUT/metrics-$run.jsonl"
     step "sample-$run" 120 "$PY" -m fundus_cli sample --run "$WORK/$run" --n 64 --out "$WORK/$run-samples.h5" \
         --grid "$OUT/grid-$run.png" --force
 done
-"$PY" - "$WORK" <<'EOF'
+"$PY" - "$WORK" "$OUT" "${runs[@]}" <<'EOF'
 import json, statistics, sys
 from pathlib import Path
-for run in ("eager", "compiled"):
+for run in sys.argv[3:]:
+    grids = sorted((Path(sys.argv[1]) / run).glob("samples-*.png"))
+    if len(grids) > 1:  # the trajectory: up to four intermediate grids, evenly spaced, halved
+        import cv2, numpy as np
+        picked = [grids[round(i * (len(grids) - 1) / 3)] for i in range(4)] if len(grids) > 4 else grids
+        tiles = [cv2.resize(cv2.imread(str(g)), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA) for g in picked]
+        tiles += [np.zeros_like(tiles[0])] * (4 - len(tiles))
+        cv2.imwrite(str(Path(sys.argv[2]) / f"trajectory-{run}.png"),
+                    np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])]))
+        print(run, "trajectory:", ", ".join(g.stem for g in picked))
     p = Path(sys.argv[1]) / run / "metrics.jsonl"
     if not p.is_file():
         print(run, "no metrics.jsonl"); continue
@@ -88,9 +105,9 @@ for run in ("eager", "compiled"):
               f"(max {max(gaps):.3f}), d_loss median {statistics.median(r['d_loss'] for r in half):.3f}, "
               f"ADA p at the end {half[-1].get('ada_p', 'off')}")
 EOF
-step evaluate 150 "$PY" -m fundus_cli evaluate --real "$WORK/data/holdout.h5" --synthetic "$WORK/eager-samples.h5" \
+step evaluate 150 "$PY" -m fundus_cli evaluate --real "$WORK/data/holdout.h5" --synthetic "$WORK/${runs[0]}-samples.h5" \
     --train "$WORK/data/train.h5" --out "$WORK/evaluate" --no-usefulness
-for f in report.json grids.png; do [ -f "$WORK/evaluate/$f" ] && cp "$WORK/evaluate/$f" "$OUT/evaluate-eager-$f"; done
+for f in report.json grids.png; do [ -f "$WORK/evaluate/$f" ] && cp "$WORK/evaluate/$f" "$OUT/evaluate-${runs[0]}-$f"; done
 echo "=== failed steps: $failed"
 } 2>&1 | tee "$OUT/log.txt"
 exit "$(grep -c '^=== .*: exit [1-9]' "$OUT/log.txt")"
