@@ -45,6 +45,7 @@ AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 # reals from fakes (hinge loss 2.0, D(real) = D(fake)) and the samples collapsed to one orange disc,
 # at 256 px on an H200 (large, 1,141 steps) and at 64 px on a CPU (large's and default's settings);
 # default at 64 px, 20 CPU-minutes on IDRiD, fixed -> ADA: recall 0.00 -> 0.25, KID 2.55 -> 0.56 x1e-3.
+STRIDED_D_INPUTS = {"detail": 2.0, "vessel": 8.0}  # the strided D's input gains (models/d_inputs.py says why)
 _LONG_AUG = "color,translation,cutout"  # DiffAugment's policy for small data (Zhao et al. 2020)
 _PRESET_VALUES: dict[str, dict[str, Any]] = {
     "demo": {"size": 64, "batch": 32, "width": 16, "latent_dim": 128,
@@ -102,8 +103,8 @@ class TrainConfig:
     discriminator: str = "strided"  # strided (learns detail fast) | resnet
     patch_head: bool = False  # discriminator also judges 10x10-pixel neighbourhoods
     upsample: str = "bilinear"  # generator upsampling: bilinear | nearest (blocky on short runs)
-    detail: float = 2.0  # GAN: discriminator also sees the image's high-pass copy times this (0 = off)
-    vessel: float = 8.0  # GAN: discriminator also sees the green channel's dark thin lines times this (0 = off)
+    detail: float | None = None  # GAN: strided D also sees the image's high-pass copy times this (0 = off; default 2)
+    vessel: float | None = None  # GAN: strided D also sees the green channel's dark thin lines times this (0 = off; default 8)
     ada_target: float | None = None  # adaptive augmentation: target E[sign D(real)] (0 = fixed policy; default: by preset)
     lecam: float | None = None  # GAN: LeCam regularisation of D, its weight (0 = off; default: by preset and size)
     lr_d: float | None = None  # discriminator learning rate (default: lr)
@@ -158,6 +159,9 @@ def resolve(cfg: TrainConfig, *, stored_size: int, n_images: int, n_classes: int
         lr_d=cfg.lr_d or cfg.lr or gp.get("lr", 2e-4),
         diffaugment=cfg.diffaugment if cfg.diffaugment is not None else gp.get("diffaugment", ""),
         lecam=cfg.lecam if cfg.lecam is not None else gp.get("lecam", 0.0),
+        # the strided D's input channels: off by default for the resnet D, which has none
+        detail=cfg.detail if cfg.detail is not None else STRIDED_D_INPUTS["detail"] * (cfg.discriminator == "strided"),
+        vessel=cfg.vessel if cfg.vessel is not None else STRIDED_D_INPUTS["vessel"] * (cfg.discriminator == "strided"),
         ada_target=cfg.ada_target if cfg.ada_target is not None else gp.get("ada_target", 0.0),
         width=cfg.width or (p.get("width_gpu", p["width"]) if gpu else p["width"]),
         latent_dim=cfg.latent_dim or p["latent_dim"],
@@ -184,6 +188,10 @@ def _check_choices(cfg: TrainConfig) -> None:
         raise FundusError(f"--gan-loss {cfg.gan_loss!r}: choose hinge or nonsaturating.")
     if cfg.discriminator not in ("strided", "resnet"):
         raise FundusError(f"--discriminator {cfg.discriminator!r}: choose strided or resnet.")
+    for name in ("detail", "vessel"):
+        value = getattr(cfg, name)
+        if value is not None and not value >= 0:  # also refuses NaN
+            raise FundusError(f"{name} {value!r}: give a gain >= 0 (0 = off).")
     if cfg.lecam is not None and not cfg.lecam >= 0:  # also refuses NaN
         raise FundusError(f"lecam {cfg.lecam!r}: give a weight >= 0 (0 = off).")
     if cfg.ada_target is not None and not 0 <= cfg.ada_target < 1:  # also refuses NaN

@@ -97,15 +97,37 @@ def test_bf16_autocast_and_channels_last_paths_run_on_cpu() -> None:
 
 
 def test_runs_saved_before_upsample_detail_vessel_and_lecam_existed_keep_their_behaviour() -> None:
-    from fundus_cli.training.config import TrainConfig, config_from_json, hyperparameters, model_config
+    from fundus_cli.training.config import TrainConfig, config_from_json, hyperparameters, model_config, resolve
 
     old = config_from_json({"arch": "gan"})
     assert (old.detail, old.upsample, old.vessel, old.lecam) == (0.0, "nearest", 0.0, 0.0)
     assert hyperparameters(old)["lecam"] == 0.0
     assert old.ada_target == 0.0 and hyperparameters(old)["ada_target"] == 0.0  # a fixed policy, as those runs had
     assert {"detail": 0.0, "upsample": "nearest", "vessel": 0.0}.items() <= model_config(old, 2).items()
-    new = model_config(TrainConfig(arch="gan"), 2)
+    new = model_config(resolve(TrainConfig(arch="gan"), stored_size=64, n_images=100, n_classes=2,
+                               device=torch.device("cpu")), 2)
     assert new["detail"] > 0 and new["upsample"] == "bilinear" and new["vessel"] > 0
+
+
+def test_the_resnet_discriminator_trains_without_the_strided_ones_input_channels() -> None:
+    """detail and vessel are the strided D's: left unset, the resnet D goes without them (it used to
+    take the strided D's defaults and refuse them); set by the user, the model refuses them."""
+    from fundus_cli.errors import FundusError
+    from fundus_cli.models import build_model
+    from fundus_cli.training.config import TrainConfig, model_config, resolve
+
+    def resolved(**kw: object) -> TrainConfig:
+        return resolve(TrainConfig(arch="gan", preset="demo", **kw), stored_size=64, n_images=100, n_classes=2,
+                       device=torch.device("cpu"))
+
+    resnet = resolved(discriminator="resnet")
+    assert (resnet.detail, resnet.vessel) == (0.0, 0.0)
+    assert type(build_model("gan", model_config(resnet, 2)).discriminator).__name__ == "Discriminator"
+    assert (resolved().detail, resolved().vessel) == (2.0, 8.0)
+    with pytest.raises(FundusError, match="vessel"):
+        build_model("gan", model_config(resolved(discriminator="resnet", vessel=4.0), 2))
+    with pytest.raises(FundusError, match="detail"):
+        resolved(detail=-1.0)
 
 
 def test_r1_runs_the_discriminator_eagerly_when_compiled(monkeypatch) -> None:  # type: ignore[no-untyped-def]
