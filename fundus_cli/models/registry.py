@@ -39,10 +39,6 @@ class Architecture:
         return getattr(model, attr) if attr else model
 
 
-def _gain(value: Any) -> float:
-    return float(value or 0.0)  # a setting left to its default (None) on an unresolved config: off
-
-
 def _decode(net: nn.Module, z: Tensor, y: Tensor | None) -> Tensor:
     return net.decode(z, y)  # type: ignore[operator]
 
@@ -58,8 +54,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gan": Architecture(name="gan", build=build_gan,
                         networks={"generator": "generator", "discriminator": "discriminator"},
                         sampler="generator", draw=_generate, scale_option="truncation",
-                        train_options={"discriminator": str, "patch_head": bool, "upsample": str, "detail": _gain,
-                                       "vessel": _gain}),
+                        train_options={"discriminator": str, "patch_head": bool, "upsample": str, "detail": float,
+                                       "vessel": float}),
 }
 
 
