@@ -51,8 +51,8 @@ def check_config(config: Any) -> None:
             ok = isinstance(value, bool)
         elif isinstance(default, int):
             ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, float):  # a NaN or infinite gain would only show as NaN losses
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         elif isinstance(default, tuple):
             ok = isinstance(value, tuple) and all(
                 isinstance(v, int) and not isinstance(v, bool) for v in value
@@ -61,7 +61,8 @@ def check_config(config: Any) -> None:
             ok = isinstance(value, type(default))
         if not ok:
             raise FundusError(
-                f"{name}.{field.name} must be of the same type as its default {default!r}, "
+                f"{name}.{field.name} must be "
+                f"{'a finite number' if isinstance(default, float) else f'of the same type as its default {default!r}'}, "
                 f"got {value!r}"
             )
     if config.image_size not in IMAGE_SIZES:

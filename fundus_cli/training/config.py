@@ -190,10 +190,10 @@ def _check_choices(cfg: TrainConfig) -> None:
         raise FundusError(f"--discriminator {cfg.discriminator!r}: choose strided or resnet.")
     for name in ("detail", "vessel"):
         value = getattr(cfg, name)
-        if value is not None and not value >= 0:  # also refuses NaN
-            raise FundusError(f"{name} {value!r}: give a gain >= 0 (0 = off).")
-    if cfg.lecam is not None and not cfg.lecam >= 0:  # also refuses NaN
-        raise FundusError(f"lecam {cfg.lecam!r}: give a weight >= 0 (0 = off).")
+        if value is not None and not 0 <= value < math.inf:  # also refuses NaN
+            raise FundusError(f"{name} {value!r}: give a finite gain >= 0 (0 = off).")
+    if cfg.lecam is not None and not 0 <= cfg.lecam < math.inf:  # also refuses NaN
+        raise FundusError(f"lecam {cfg.lecam!r}: give a finite weight >= 0 (0 = off).")
     if cfg.ada_target is not None and not 0 <= cfg.ada_target < 1:  # also refuses NaN
         raise FundusError(f"ada_target {cfg.ada_target!r}: give a target in [0, 1) (0 = a fixed augmentation policy).")
 

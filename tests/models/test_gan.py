@@ -287,8 +287,9 @@ def test_vessel_discriminator_sees_one_more_channel() -> None:
     gan.discriminator(x).sum().backward()  # G learns through the top-hat: its gradient exists
     assert x.grad is not None and float(x.grad[:, 1].abs().sum()) > 0
     assert build_model("gan", {"image_size": 32, **TINY}).discriminator.features[0].in_channels == 3
-    with pytest.raises(FundusError, match="vessel"):
-        GANConfig(vessel=-1.0)
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(FundusError, match="vessel"):
+            GANConfig(vessel=bad)
 
 
 def test_detail_discriminator_sees_the_high_pass_channels() -> None:
@@ -299,8 +300,9 @@ def test_detail_discriminator_sees_the_high_pass_channels() -> None:
     x = torch.rand(2, 3, 32, 32)
     # a change that only the high-pass copy amplifies still reaches the logit
     assert gan.discriminator(x).shape == (2,)
-    with pytest.raises(FundusError, match="detail"):
-        GANConfig(detail=-1.0)
+    for bad in (-1.0, math.nan, -math.inf):
+        with pytest.raises(FundusError, match="detail"):
+            GANConfig(detail=bad)
 
 
 def test_bilinear_generator_has_no_nearest_neighbour_blocks() -> None:

@@ -46,6 +46,10 @@ def _bad_config_value(ck: dict) -> None:
     ck["model_config"]["generator"] = "no-such-generator"
 
 
+def _vessel_inf(ck: dict) -> None:
+    ck["model_config"]["vessel"] = float("inf")  # an infinite gain would train on NaN losses
+
+
 def _ada_text(ck: dict) -> None:
     ck["ada"] = "p=1"
 
@@ -67,6 +71,7 @@ CASES: dict[str, Callable[[dict], None]] = {
     "a tensor of the wrong shape": _wrong_tensor, "train_config a list": _train_config_list,
     "train_config with unknown keys": _train_config_unknown, "optimizer for other parameters": _optimizer_garbage,
     "models a list": _models_not_dict, "step as text": _step_text, "unknown generator": _bad_config_value,
+    "an infinite vessel gain": _vessel_inf,
     "ada state as text": _ada_text, "ada probability NaN": _ada_nan, "one LeCam anchor": _lecam_one,
     "an infinite LeCam anchor": _lecam_nan,
 }

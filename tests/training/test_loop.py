@@ -113,8 +113,8 @@ def test_refusals(tiny_data: Path, tmp_path: Path) -> None:
         train(_cfg(tiny_data, tmp_path / "r2", "vae", batch=64))
     with pytest.raises(FundusError, match="does not exist. Train without --resume"):
         train(_cfg(tiny_data, tmp_path / "r3", "vae", resume=True))
-    for bad in (-0.1, float("nan")):
-        with pytest.raises(FundusError, match="lecam .*give a weight >= 0"):
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(FundusError, match="lecam .*give a finite weight >= 0"):
             train(_cfg(tiny_data, tmp_path / "r4", "gan", lecam=bad))
     assert not (tmp_path / "r4").exists()
     # a corrupt checkpoint is refused with the file named, and nothing is overwritten

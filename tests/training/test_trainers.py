@@ -126,8 +126,9 @@ def test_the_resnet_discriminator_trains_without_the_strided_ones_input_channels
     assert (resolved().detail, resolved().vessel) == (2.0, 8.0)
     with pytest.raises(FundusError, match="vessel"):
         build_model("gan", model_config(resolved(discriminator="resnet", vessel=4.0), 2))
-    with pytest.raises(FundusError, match="detail"):
-        resolved(detail=-1.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(FundusError, match="detail .*give a finite gain"):
+            resolved(detail=bad)
 
 
 def test_r1_runs_the_discriminator_eagerly_when_compiled(monkeypatch) -> None:  # type: ignore[no-untyped-def]
