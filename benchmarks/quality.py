@@ -61,6 +61,8 @@ Figures (printed as one table, all of them in OUT/quality.json):
                     half gan-start's); `cls` = the same in classifier features
     P, R            precision (share of samples inside the real manifold) and recall (share of
                     the real manifold the samples cover), k-NN PRDC; `real train` row: real-vs-real
+    v.frac          mean vessel fraction of the samples (the field of view's share that the vessel
+                    detector finds); `real train` row: the holdout's
     vessel, colour, sharp, disc
                     fundus statistics: Wasserstein-1 distance to the holdout of vessel density,
                     sharpness and optic-disc brightness, and the mean colour-histogram EMD (grey
@@ -419,9 +421,17 @@ STAT_COLUMNS = (("vessel", "vessel_density", ".4f"), ("colour", "colour_emd", ".
                 ("sharp", "sharpness", ".0f"), ("disc", "disc_brightness", ".2f"))
 
 
+def _vessel_fraction(e: dict[str, Any], who: str) -> str:
+    """Mean vessel fraction of `who`'s images ("synthetic", or "real": the holdout): the distance
+    column says how far apart the two distributions are, this one which way (too few vessels or
+    too many)."""
+    means = e.get("fundus_statistics", {}).get("means", {}).get(who, {})
+    return _f(means.get("vessel_density"), ".4f")
+
+
 def table(results: list[dict[str, Any]]) -> str:
     head = (f"{'':<10} {'min':>5} {'steps':>6} {'img/s':>6} {'KIDx1e3':>8} {'95% CI':>17} {'+floor':>7} {'cls+fl':>7} "
-            f"{'P':>5} {'R':>5} " + " ".join(f"{c:>7}" for c, _, _ in STAT_COLUMNS) + "  audit")
+            f"{'P':>5} {'R':>5} {'v.frac':>7} " + " ".join(f"{c:>7}" for c, _, _ in STAT_COLUMNS) + "  audit")
     lines = [head, "-" * len(head)]
     base = next((r for r in results if "evaluate" in r and "kid" in r["evaluate"].get("random", {})), None)
     if base is not None:
@@ -431,7 +441,7 @@ def table(results: list[dict[str, Any]]) -> str:
         ci = _ci(k) if k else ""
         lines.append(f"{'real train':<10} {'':>5} {'':>6} {'':>6} {_f(_milli(_v(e, 'kid_real_train')), '.2f'):>8} "
                      f"{ci:>17} {'':>7} {'':>7} {_f(_v(e, 'precision_real_train'), '.2f'):>5} "
-                     f"{_f(_v(e, 'recall_real_train'), '.2f'):>5} "
+                     f"{_f(_v(e, 'recall_real_train'), '.2f'):>5} {_vessel_fraction(e, 'real'):>7} "
                      + " ".join(f"{_f(tv.get(key), fmt):>7}" for _, key, fmt in STAT_COLUMNS) + "  (the floor)")
     for r in results:
         if "failed" in r:
@@ -450,6 +460,7 @@ def table(results: list[dict[str, Any]]) -> str:
         lines.append(f"{r['name']:<10} {r['minutes']:>5g} {tr['steps']:>6d} {tr['images_per_cpu_second']:>6.1f} "
                      f"{kid} {_f(_milli(e.get('kid_excess')), '.2f'):>7} {cls:>7} "
                      f"{_f(_v(e, 'precision'), '.2f'):>5} {_f(_v(e, 'recall'), '.2f'):>5} "
+                     f"{_vessel_fraction(e, 'synthetic'):>7} "
                      + " ".join(f"{_f(sv.get(key), fmt):>7}" for _, key, fmt in STAT_COLUMNS)
                      + f"  {r['audit']['decision']}")
     return "\n".join(lines)

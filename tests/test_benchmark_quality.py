@@ -70,7 +70,8 @@ def test_dcgan_samples_table_and_figure(bench, tiny_data: Path, tmp_path: Path) 
 
     stats = {"synthetic_vs_real": {"vessel_density": 0.05, "colour_emd": 30.0, "sharpness": 400.0,
                                    "disc_brightness": 20.0},
-             "train_vs_real": {"vessel_density": 0.01, "colour_emd": 9.0, "sharpness": 150.0, "disc_brightness": 12.0}}
+             "train_vs_real": {"vessel_density": 0.01, "colour_emd": 9.0, "sharpness": 150.0, "disc_brightness": 12.0},
+             "means": {"real": {"vessel_density": 0.026}, "synthetic": {"vessel_density": 0.013}}}
     report = {"realism": {"overall": {"n_real": 12, "n_compared": 48,
                                       "synthetic": {"kid": m(0.0432), "precision": m(0.25), "recall": m(0.125)},
                                       "baseline_train": {"kid": m(0.004), "precision": m(0.9), "recall": m(0.8)}}},
@@ -86,8 +87,9 @@ def test_dcgan_samples_table_and_figure(bench, tiny_data: Path, tmp_path: Path) 
     lines = text.splitlines()
     assert lines[2].startswith("real train") and lines[3].startswith("dcgan") and "PASS" in lines[3]
     assert lines[3].split()[4:8] == ["43.20", "[42.20,", "44.20]", "39.20"]  # KID, its CI and excess, x 1000
-    assert lines[2].split()[-6:-2] == ["0.0100", "9.00", "150", "12.00"]  # real-train stat distances
-    assert " 0.25  0.12 " in lines[3]
+    # the holdout's mean vessel fraction, then the real-train stat distances
+    assert lines[2].split()[-7:-2] == ["0.0260", "0.0100", "9.00", "150", "12.00"]
+    assert " 0.25  0.12  0.0130  0.0500 " in lines[3]  # P, R, the samples' vessel fraction, its distance
     assert "FAILED" in lines[4]
 
     fig = bench.figure(tmp_path / "quality.png", tiny_data / "holdout.h5", [result, failed], 32)
