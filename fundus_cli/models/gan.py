@@ -336,10 +336,15 @@ def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
     """E[||grad_x D(x)||^2] on reals (Mescheder et al. 2018); multiply by gamma / 2 yourself.
 
     `real_images` must have had `requires_grad_(True)` before the discriminator saw them.
-    The graph is kept so the penalty itself can be backpropagated.
+    The graph is kept so the penalty itself can be backpropagated. For (B, 1 + P) logits (a patch
+    head) it penalises the whole-image logit plus the patch logits' mean, the two scales weighing
+    the same as in the losses; their plain sum made the penalty grow with P^2, and at 64 px (256
+    patches) it held the discriminator at D(real) = D(fake).
     """
     if not real_images.requires_grad:
         raise ValueError("call real_images.requires_grad_(True) before computing D(real_images)")
+    if real_logits.dim() == 2:
+        real_logits = real_logits[:, 0] + real_logits[:, 1:].mean(dim=1)
     if not real_logits.requires_grad:  # D ignores its input, so its gradient is zero
         return real_images.new_zeros((), dtype=torch.float32)
     (grad,) = torch.autograd.grad(

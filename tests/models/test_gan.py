@@ -118,6 +118,13 @@ def test_r1_penalty() -> None:
     with pytest.raises(ValueError, match="requires_grad"):
         r1_penalty(linear, x.detach())
 
+    # a patch head: the whole-image logit and the patches' mean weigh the same, whatever the
+    # number of patches (a plain sum of 1 + P identical columns would scale it by (1 + P)^2)
+    one = r1_penalty(linear, x).item()
+    for patches in (3, 255):
+        both = r1_penalty(linear[:, None].expand(-1, 1 + patches), x).item()
+        assert both == pytest.approx(4 * one, rel=1e-5)
+
     for kind in ("strided", "resnet"):
         disc = tiny_gan(disc_kind=kind).discriminator
         real = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_(True)
