@@ -60,11 +60,8 @@ def check_config(config: Any) -> None:
         else:
             ok = isinstance(value, type(default))
         if not ok:
-            raise FundusError(
-                f"{name}.{field.name} must be "
-                f"{'a finite number' if isinstance(default, float) else f'of the same type as its default {default!r}'}, "
-                f"got {value!r}"
-            )
+            want = "a finite number" if isinstance(default, float) else f"of the same type as its default {default!r}"
+            raise FundusError(f"{name}.{field.name} must be {want}, got {value!r}")
     if config.image_size not in IMAGE_SIZES:
         raise FundusError(
             f"{name}.image_size must be one of {', '.join(map(str, IMAGE_SIZES))}, "
