@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fundus_cli.errors import FundusError
@@ -284,6 +285,19 @@ def test_dark_lines_finds_thin_dark_lines_in_green_only() -> None:
     big = torch.zeros(1, 3, 128, 128)
     big[:, 1, :, 60:66] -= 0.3
     assert float(dark_lines(big, 128)[0, 0, 64, 62]) > 0.25 and float(dark_lines(big, 64)[0, 0, 64, 62]) < 1e-6
+
+
+@pytest.mark.parametrize("size", [32, 64, 128, 256])
+def test_dark_lines_is_the_square_element_top_hat(size: int) -> None:
+    # the row-then-column max equals the k x k max pool of the definition, ties and edges included
+    k = 2 * max(1, round(2 * size / 64)) + 1
+    g = torch.Generator().manual_seed(size)
+    x = torch.rand(2, 3, size, size, generator=g)
+    x[..., size // 2 :, :] = x[..., size // 2 :, :].round(decimals=1)  # many ties
+    x[..., : size // 4, :] = -1.0  # a flat black surround at the border
+    dilated = F.max_pool2d(x[:, 1:2], k, stride=1, padding=k // 2)
+    want = -F.max_pool2d(-dilated, k, stride=1, padding=k // 2) - x[:, 1:2]
+    assert torch.equal(dark_lines(x, size), want)
 
 
 def test_vessel_discriminator_sees_one_more_channel() -> None:
