@@ -38,10 +38,16 @@ def _whole_image(logits: Tensor) -> Tensor:
     return logits[:, 0] if logits.dim() == 2 else logits
 
 
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
+    # strict: amp=False once read as "not off" and ran a CPU in float16, 15x slower
     if amp == "off":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    if amp not in _AMP_DTYPES:
+        raise ValueError(f"amp must be 'off', 'bf16' or 'fp16' (resolved by training.config), not {amp!r}")
+    return torch.autocast(device_type=device.type, dtype=_AMP_DTYPES[amp])
 
 
 def _ema_decay(step: int, decay: float) -> float:
