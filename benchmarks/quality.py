@@ -8,6 +8,7 @@ Usage (from the project root; the checkout's own `fundus_cli` is measured, not a
     python benchmarks/quality.py --data idrid             # second opinion: the 128 full-size IDRiD photographs
     python benchmarks/quality.py --contestants gan-start,gan --jobs 2
     python benchmarks/quality.py --contestants gan --seed 1   # a second training seed
+    python benchmarks/quality.py --contestants gan --variant gan-v4=gan:vessel=4 --jobs 2
     python benchmarks/quality.py --quick                  # smoke run: 60 photographs, 0.2 min each, ~3 min
 
 Data. `--data idrid516` (default): the 516 photographs of ../shared/data/idrid516 (labels.csv,
@@ -35,6 +36,10 @@ one after another, or `--jobs 2` at a time as separate processes (each still one
     vae-start  `--arch vae --preset demo --conditional` as at 1c01205 (random flips, no adversarial
                term)
     vae        the same with the current defaults
+`--variant NAME=BASE:KEY=VALUE,...` adds a contestant defined on the command line: BASE's
+definition with those TrainConfig fields set (values read as JSON, else as text), so a setting
+can be tried side by side without editing CONTESTANTS; it may repeat, and each variant runs
+after the `--contestants` named.
 The run length is set by the CPU budget, so steps=10**6 would make any schedule defined as a
 share of the run meaningless; the one such default (the VAE's KL warm-up, steps / 5) is pinned
 to the demo preset's 120 steps for both VAEs (HARNESS below). A pinned setting that is not a
@@ -84,6 +89,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -308,9 +314,37 @@ def _kid_block(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """`NAME=BASE:KEY=VALUE,...` -> (NAME, BASE's definition with those TrainConfig overrides)."""
+    head, _, settings = text.partition(":")
+    name, _, base = head.partition("=")
+    if not _NAME.fullmatch(name) or name in CONTESTANTS:
+        raise ValueError(f"{text!r}: NAME must be a new folder name (letters, digits, _.-), not one of {', '.join(CONTESTANTS)}")
+    if CONTESTANTS.get(base, {}).get("kind") != "fundus":
+        raise ValueError(f"{text!r}: BASE must be one of {', '.join(k for k, v in CONTESTANTS.items() if v['kind'] == 'fundus')}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides: dict[str, Any] = {}
+    for item in filter(None, settings.split(",")):
+        key, eq, raw = item.partition("=")
+        if not eq or key not in known:
+            raise ValueError(f"{text!r}: {item!r} is not KEY=VALUE with KEY a TrainConfig field")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    if not overrides:
+        raise ValueError(f"{text!r}: give at least one KEY=VALUE after BASE:")
+    spec = CONTESTANTS[base]
+    title = f"{spec['title']}, " + ", ".join(f"{k}={v}" for k, v in overrides.items())
+    return name, {**spec, "title": title, "overrides": {**spec["overrides"], **overrides}}
+
+
 def run_contestant(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
-    name, spec = job["name"], CONTESTANTS[job["name"]]
+    name, spec = job["name"], job["spec"]
     d = Path(job["dir"])
     data = Path(job["data"])
     train_h5, holdout_h5 = data / "train.h5", data / "holdout.h5"
@@ -395,7 +429,7 @@ def _launch(job: dict[str, Any]) -> dict[str, Any]:
         return res
     tail = (d / "log.txt").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
     print(f"  {job['name']}: FAILED (exit {rc}); see {d / 'log.txt'}", flush=True)
-    return {"name": job["name"], "title": CONTESTANTS[job["name"]]["title"], "minutes": job["minutes"],
+    return {"name": job["name"], "title": job["spec"]["title"], "minutes": job["minutes"],
             "failed": {"exit_code": rc, "log": str(d / "log.txt"), "tail": tail}}
 
 
@@ -510,6 +544,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=512, help="images sampled per contestant (512)")
     ap.add_argument("--seed", type=int, default=0,
                     help="training seed of every contestant (0); the data split and the samples' seed stay 0")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=BASE:KEY=VALUE,...",
+                    help="one more contestant: BASE with these TrainConfig fields set (repeatable)")
     ap.add_argument("--jobs", type=int, default=1, choices=(1, 2), help="contestants trained at once (1)")
     ap.add_argument("--out", type=Path, default=Path("bench-out/quality"))
     ap.add_argument("--quick", action="store_true",
@@ -525,6 +561,16 @@ def main() -> None:
     unknown = [c for c in names if c not in CONTESTANTS]
     if unknown or not names:
         ap.error(f"--contestants: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(CONTESTANTS)}")
+    specs = {n: CONTESTANTS[n] for n in names}
+    for text in args.variant:
+        try:
+            name, spec = parse_variant(text)
+        except ValueError as e:
+            ap.error(f"--variant {e}")
+        if name in specs:
+            ap.error(f"--variant {text!r}: {name} is given twice")
+        specs[name] = spec
+    names = list(specs)
     minutes = QUICK_MINUTES if args.quick else args.minutes
     samples = 64 if args.quick else args.samples
     out: Path = args.out
@@ -540,7 +586,8 @@ def main() -> None:
           f"\ncontestants: {', '.join(names)}; {minutes:g} CPU-minutes each on one thread, {args.jobs} at a time; "
           f"{samples} samples each", flush=True)
     jobs = [{"name": n, "dir": str((out / n).resolve()), "data": str(data.resolve()), "minutes": minutes,
-             "size": args.size, "samples": samples, "labelled": labelled, "quick": args.quick, "seed": args.seed} for n in names]
+             "size": args.size, "samples": samples, "labelled": labelled, "quick": args.quick, "seed": args.seed,
+             "spec": specs[n]} for n in names]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(_launch, jobs))
     dropped = {r["name"]: r["train"]["dropped_overrides"] for r in results
@@ -556,7 +603,7 @@ def main() -> None:
                            "seed": args.seed},
               "data": {"source": source, "folder": str(data), "n_train": n_train, "n_holdout": n_hold,
                        "classes": classes},
-              "contestants": CONTESTANTS, "harness": HARNESS, "results": results,
+              "contestants": specs, "harness": HARNESS, "results": results,
               "wall_seconds": time.perf_counter() - t0}
     (out / "quality.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     print(f"\nwrote {out / 'quality.json'} and {fig} ({time.perf_counter() - t0:.0f} s)")

@@ -50,6 +50,19 @@ def test_contestants_are_defined_against_real_settings(bench) -> None:
     assert bench.CONTESTANTS["gan"]["overrides"] == {} and bench.CONTESTANTS["vae"]["overrides"] == {}
 
 
+def test_a_variant_is_its_base_with_typed_overrides(bench) -> None:
+    name, spec = bench.parse_variant("gan-v4=gan:vessel=4,diffaugment=cutout,orient=false")
+    assert name == "gan-v4" and spec["kind"] == "fundus" and spec["arch"] == "gan"
+    assert spec["overrides"] == {"vessel": 4, "diffaugment": "cutout", "orient": False}
+    _, start = bench.parse_variant("start-b32=gan-start:batch=32")
+    assert start["overrides"] == {**bench.CONTESTANTS["gan-start"]["overrides"], "batch": 32}
+    assert bench.CONTESTANTS["gan-start"]["overrides"]["batch"] == 16  # the base is not changed
+    for bad in ("gan=gan:vessel=4", "x=dcgan:vessel=4", "x=nope:vessel=4", "x=gan:no_such_field=1",
+                "x=gan:vessel", "x=gan:", "../x=gan:vessel=4"):
+        with pytest.raises(ValueError):
+            bench.parse_variant(bad)
+
+
 def test_dcgan_samples_table_and_figure(bench, tiny_data: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     g = nn.Sequential(nn.ConvTranspose2d(100, 3, 32), nn.Tanh()).eval()  # 32 px, like tiny_data
