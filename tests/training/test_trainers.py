@@ -97,7 +97,7 @@ def test_bf16_autocast_and_channels_last_paths_run_on_cpu() -> None:
 
 @pytest.mark.parametrize("amp", [False, True, "bfloat16", ""])
 def test_an_amp_setting_other_than_off_bf16_fp16_is_refused(amp: object) -> None:
-    # amp=False once read as "not off": float16 autocast on a CPU, 15x slower and no error
+    # amp=False was once read as "not off": float16 autocast on a CPU, 16x slower and no error
     x, y = torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 0, 1])
     t = GANTrainer(MODEL, GAN_HP, device=torch.device("cpu"), fov_mask=None, amp=amp)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="amp must be"):
