@@ -315,6 +315,7 @@ def _kid_block(report: dict[str, Any]) -> dict[str, Any]:
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))  # what an override may set
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -325,11 +326,10 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"{text!r}: NAME must be a new folder name (letters, digits, _.-), not one of {', '.join(CONTESTANTS)}")
     if CONTESTANTS.get(base, {}).get("kind") != "fundus":
         raise ValueError(f"{text!r}: BASE must be one of {', '.join(k for k, v in CONTESTANTS.items() if v['kind'] == 'fundus')}")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides: dict[str, Any] = {}
     for item in filter(None, settings.split(",")):
         key, eq, raw = item.partition("=")
-        if not eq or key not in known:
+        if not eq or key not in TRAIN_FIELDS:
             raise ValueError(f"{text!r}: {item!r} is not KEY=VALUE with KEY a TrainConfig field")
         try:
             overrides[key] = json.loads(raw)
@@ -360,13 +360,12 @@ def run_contestant(job: dict[str, Any]) -> dict[str, Any]:
         write_dcgan_samples(g, synth, n=job["samples"], train_h5=train_h5, steps=steps)
         res["train"] = {"steps": steps, "batch": batch}
     else:
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
         wanted = {**HARNESS[spec["arch"]], **spec["overrides"]}
-        dropped = sorted(k for k in wanted if k not in known)
+        dropped = sorted(k for k in wanted if k not in TRAIN_FIELDS)
         cfg = TrainConfig(data=train_h5, arch=spec["arch"], out=d / "run", preset="demo", conditional=job["labelled"],
                           size=job["size"], steps=10**6, max_cpu_minutes=job["minutes"], device="cpu", force=True,
                           seed=job["seed"],
-                          **{k: v for k, v in wanted.items() if k in known})
+                          **{k: v for k, v in wanted.items() if k in TRAIN_FIELDS})
         tr = api.train(cfg)
         cpu_train = time.process_time() - cpu
         resolved = api.describe(tr.checkpoint)["train_config"]
