@@ -123,7 +123,7 @@ CONTESTANTS: dict[str, dict[str, Any]] = {
     # The resnet generator and the spectrally-normalised discriminator of the start are the only
     # ones since 749302d (the skip generator and the D without spectral norm lost), so no pins.
     "gan-start": {"kind": "fundus", "arch": "gan", "title": f"GAN @ {START_COMMIT}",
-                  "overrides": {"orient": False, "patch_head": False, "upsample": "nearest", "detail": 0.0, "vessel": 0.0, "ada_target": 0.0, "lecam": 0.0, "discriminator": "strided",
+                  "overrides": {"orient": False, "patch_head": False, "upsample": "nearest", "detail": 0.0, "vessel": 0.0, "vessel_lines": 0.0, "ada_target": 0.0, "lecam": 0.0, "discriminator": "strided",
                                 "diffaugment": "cutout", "batch": 16, "lr": 5e-4, "lr_d": 5e-4, "width": 16,
                                 "latent_dim": 128, "gan_loss": "hinge", "r1_gamma": 0.1, "r1_every": 4,
                                 "ema_decay": 0.999}},

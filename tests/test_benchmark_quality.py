@@ -48,6 +48,11 @@ def test_contestants_are_defined_against_real_settings(bench) -> None:
         for key in spec.get("overrides", {}):
             assert key in known, (name, key)
     assert bench.CONTESTANTS["gan"]["overrides"] == {} and bench.CONTESTANTS["vae"]["overrides"] == {}
+    # the start's D had none of the strided D's input channels: each one, present or added later,
+    # is pinned off, or a new default would change gan-start too
+    from fundus_cli.training.config import STRIDED_D_INPUTS
+
+    assert all(bench.CONTESTANTS["gan-start"]["overrides"].get(k) == 0.0 for k in STRIDED_D_INPUTS)
 
 
 def test_a_variant_is_its_base_with_typed_overrides(bench) -> None:

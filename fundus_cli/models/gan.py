@@ -22,8 +22,9 @@ the holdout 27.5 -> 4.4, colour distance 8.7 -> 4.0).
 `upsample="bilinear"` (what `fundus train` uses): the generator's blocks upsample bilinearly
 instead of repeating pixels; with nearest upsampling the skip paths carry 2x2, 4x4 ... blocks
 all the way up, and 20-30 CPU-minute runs on IDRiD showed them as a blocky grid.
-`detail=k` and `vessel=k` give the strided D more input channels, the image's high-pass copy
-and its vessel map (models/d_inputs.py says what each is and what it was measured to do).
+`detail=k`, `vessel=k` and `vessel_lines=k` give the strided D more input channels: the image's
+high-pass copy, its vessel map (black top-hat) and its Hessian line strength (models/d_inputs.py
+says what each is and what it was measured to do).
 
 `patch_head` adds a 1x1-conv logit per position of the strided D's second feature map (each sees
 a 10x10-pixel window): the VAE's adversarial term uses it for local texture.
@@ -44,7 +45,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from fundus_cli.errors import FundusError
-from fundus_cli.models.d_inputs import dark_lines, high_pass
+from fundus_cli.models.d_inputs import dark_lines, high_pass, line_strength
 from fundus_cli.models.layers import (
     BOTTOM_SIZE,
     ModelConfig,
@@ -65,6 +66,7 @@ class GANConfig(ModelConfig):
     upsample: str = "nearest"  # generator upsampling: nearest | bilinear (train's default)
     detail: float = 0.0  # strided D also sees the image minus its blur, times this gain (0 = off)
     vessel: float = 0.0  # strided D also sees the green channel's dark thin lines (black top-hat), times this
+    vessel_lines: float = 0.0  # strided D also sees the green channel's Hessian line strength, times this
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,9 +77,10 @@ class GANConfig(ModelConfig):
             raise FundusError(f"GANConfig.upsample must be nearest or bilinear, got {self.upsample!r}")
         if self.detail < 0:
             raise FundusError(f"GANConfig.detail must be >= 0 (0 = off), got {self.detail}")
-        if self.vessel < 0:
-            raise FundusError(f"GANConfig.vessel must be >= 0 (0 = off), got {self.vessel}")
-        used = [n for n in ("detail", "vessel", "patch_head") if getattr(self, n)]
+        for name in ("vessel", "vessel_lines"):
+            if getattr(self, name) < 0:
+                raise FundusError(f"GANConfig.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        used = [n for n in ("detail", "vessel", "vessel_lines", "patch_head") if getattr(self, n)]
         if self.discriminator == "resnet" and used:
             raise FundusError(f"GANConfig: {', '.join(used)} belong to the strided discriminator, which "
                               f"discriminator='resnet' replaces; set them to 0/False, or use 'strided'.")
@@ -242,7 +245,7 @@ class StridedDiscriminator(nn.Module):
         ch = config.channels
         outs = ch[1:] + ch[-1:]  # one level wider than the generator at each resolution
         layers: list[nn.Module] = []
-        in_ch = IMAGE_CHANNELS * (2 if config.detail > 0 else 1) + (1 if config.vessel > 0 else 0)
+        in_ch = IMAGE_CHANNELS * (2 if config.detail > 0 else 1) + (config.vessel > 0) + (config.vessel_lines > 0)
         for out_ch in outs:
             layers += [spectral_norm(nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
             in_ch = out_ch
@@ -261,6 +264,8 @@ class StridedDiscriminator(nn.Module):
             extra.append(self.config.detail * high_pass(x, self.config.image_size))
         if self.config.vessel > 0:
             extra.append(self.config.vessel * dark_lines(x, self.config.image_size))
+        if self.config.vessel_lines > 0:
+            extra.append(self.config.vessel_lines * line_strength(x, self.config.image_size))
         if extra:
             x = torch.cat([x, *extra], dim=1)
         if self.patch is None:

@@ -55,7 +55,7 @@ ARCHITECTURES: dict[str, Architecture] = {
                         networks={"generator": "generator", "discriminator": "discriminator"},
                         sampler="generator", draw=_generate, scale_option="truncation",
                         train_options={"discriminator": str, "patch_head": bool, "upsample": str, "detail": float,
-                                       "vessel": float}),
+                                       "vessel": float, "vessel_lines": float}),
 }
 
 

@@ -18,7 +18,7 @@ from fundus_cli.models.gan import (
     g_nonsaturating_loss,
     r1_penalty,
 )
-from fundus_cli.models.d_inputs import dark_lines, high_pass
+from fundus_cli.models.d_inputs import dark_lines, high_pass, line_strength
 
 TINY = {"width": 8, "latent_dim": 16}
 
@@ -300,6 +300,29 @@ def test_dark_lines_is_the_square_element_top_hat(size: int) -> None:
     assert torch.equal(dark_lines(x, size), want)
 
 
+def test_line_strength_answers_to_lines_not_dots_or_checkerboards() -> None:
+    size = 64
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    flat = torch.zeros(1, 3, size, size)
+    line = flat.clone()
+    line[:, 1, 10:54, 20] -= 0.3  # 1 px wide, dark
+    dot = flat.clone()
+    dot[:, 1, 31:33, 40:42] -= 0.3  # 2x2 dark dot
+    board = flat.clone()
+    board[:, 1] += 0.15 * ((xx // 2 + yy // 2) % 2 * 2 - 1)  # a 2-px checkerboard, the line's contrast
+    on_line = float(line_strength(line, size)[0, 0, 20:44, 20].mean())
+    assert on_line > 0.05
+    assert float(line_strength(dot, size).max()) < 0.25 * on_line
+    # the top-hat fills every dark cell (half the board at the line's depth); this scores a fifth
+    assert float(line_strength(board, size)[0, 0, 8:56, 8:56].mean()) < 0.25 * on_line
+    # a bright line: only its flanks curve upwards, weakly
+    assert float(line_strength(-line, size).max()) < 0.3 * on_line
+    assert float(line_strength(flat, size).max()) < 1e-5
+    x = line.clone().requires_grad_(True)
+    line_strength(x, size).sum().backward()  # differentiable: G learns through it
+    assert x.grad is not None and float(x.grad[:, 1].abs().sum()) > 0 and float(x.grad[:, 0].abs().sum()) == 0
+
+
 def test_vessel_discriminator_sees_one_more_channel() -> None:
     torch.manual_seed(0)
     gan = build_model("gan", {"image_size": 32, "detail": 4.0, "vessel": 4.0, **TINY})
@@ -307,6 +330,10 @@ def test_vessel_discriminator_sees_one_more_channel() -> None:
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
     gan.discriminator(x).sum().backward()  # G learns through the top-hat: its gradient exists
     assert x.grad is not None and float(x.grad[:, 1].abs().sum()) > 0
+    both = build_model("gan", {"image_size": 32, "detail": 4.0, "vessel": 4.0, "vessel_lines": 20.0, **TINY})
+    assert both.discriminator.features[0].in_channels == 8  # and the Hessian line strength
+    with pytest.raises(FundusError, match="vessel_lines"):
+        build_model("gan", {"image_size": 32, "vessel_lines": -1.0, **TINY})
     assert build_model("gan", {"image_size": 32, **TINY}).discriminator.features[0].in_channels == 3
     for bad in (-1.0, math.nan, math.inf):
         with pytest.raises(FundusError, match="vessel"):

@@ -108,7 +108,7 @@ def test_runs_saved_before_upsample_detail_vessel_and_lecam_existed_keep_their_b
     from fundus_cli.training.config import TrainConfig, config_from_json, hyperparameters, model_config, resolve
 
     old = config_from_json({"arch": "gan"})
-    assert (old.detail, old.upsample, old.vessel, old.lecam) == (0.0, "nearest", 0.0, 0.0)
+    assert (old.detail, old.upsample, old.vessel, old.vessel_lines, old.lecam) == (0.0, "nearest", 0.0, 0.0, 0.0)
     assert hyperparameters(old)["lecam"] == 0.0
     assert old.ada_target == 0.0 and hyperparameters(old)["ada_target"] == 0.0  # a fixed policy, as those runs had
     assert {"detail": 0.0, "upsample": "nearest", "vessel": 0.0}.items() <= model_config(old, 2).items()
@@ -129,9 +129,11 @@ def test_the_resnet_discriminator_trains_without_the_strided_ones_input_channels
                        device=torch.device("cpu"))
 
     resnet = resolved(discriminator="resnet")
-    assert (resnet.detail, resnet.vessel) == (0.0, 0.0)
+    assert (resnet.detail, resnet.vessel, resnet.vessel_lines) == (0.0, 0.0, 0.0)
     assert type(build_model("gan", model_config(resnet, 2)).discriminator).__name__ == "Discriminator"
-    assert (resolved().detail, resolved().vessel) == (2.0, 8.0)
+    assert (resolved().detail, resolved().vessel, resolved().vessel_lines) == (2.0, 0.0, 28.0)
+    with pytest.raises(FundusError, match="vessel_lines"):
+        build_model("gan", model_config(resolved(discriminator="resnet", vessel_lines=4.0), 2))
     with pytest.raises(FundusError, match="vessel"):
         build_model("gan", model_config(resolved(discriminator="resnet", vessel=4.0), 2))
     for bad in (-1.0, float("nan"), float("inf")):
@@ -208,3 +210,25 @@ def test_the_logged_d_loss_is_the_adversarial_loss_alone_and_lecam_its_own_colum
     assert logged[0.0]["d_loss"] == pytest.approx(logged[5.0]["d_loss"], rel=1e-6)
     assert logged[5.0]["lecam"] > 0 and "lecam" not in logged[0.0]
 
+
+
+def test_the_demo_gan_gives_its_d_the_line_strength_at_64_px_and_the_top_hat_elsewhere() -> None:
+    """vessel_lines was measured in the demo preset at 64 px only; every other preset and size keeps
+    the top-hat (vessel 8), and what the user sets wins."""
+    from fundus_cli.models import build_model
+    from fundus_cli.training.config import TrainConfig, model_config, resolve
+
+    def gains(preset: str, size: int, **kw: object) -> tuple[float | None, float | None, float | None]:
+        cfg = resolve(TrainConfig(arch="gan", preset=preset, size=size, **kw), stored_size=size, n_images=100,
+                      n_classes=2, device=torch.device("cpu"))
+        return cfg.detail, cfg.vessel, cfg.vessel_lines
+
+    assert gains("demo", 64) == (2.0, 0.0, 28.0)
+    assert gains("demo", 32) == (2.0, 0.0, 28.0)
+    assert gains("demo", 128) == (2.0, 8.0, 0.0)
+    assert gains("default", 64) == gains("large", 64) == (2.0, 8.0, 0.0)
+    assert gains("demo", 64, vessel=8.0) == (2.0, 8.0, 28.0)
+    assert gains("demo", 128, vessel_lines=5.0, vessel=0.0) == (2.0, 0.0, 5.0)
+    cfg = resolve(TrainConfig(arch="gan", preset="demo"), stored_size=64, n_images=100, n_classes=2,
+                  device=torch.device("cpu"))
+    assert build_model("gan", model_config(cfg, 2)).discriminator.features[0].in_channels == 7  # RGB, high-pass, lines
