@@ -244,13 +244,20 @@ def usefulness(real_images: np.ndarray, real_labels: np.ndarray, test_images: np
                                              np.mean(probas["real"], 0), test_labels, n_classes)}
 
 
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the values that are not NaN; NaN when none is (e.g. AUC on a one-class resample),
+    without numpy's "Mean of empty slice" warning reaching the user's terminal."""
+    kept = [v for v in values if not np.isnan(v)]
+    return float(np.mean(kept)) if kept else float("nan")
+
+
 def seed_averaged_with_ci(probas: list[np.ndarray], labels: np.ndarray, *, seed: int,
                           n_boot: int = 500) -> dict[str, dict[str, float]]:
     """Each metric averaged over the seeds' predictions, with a percentile-bootstrap 95 % CI
     over the test images (one resample of the images for all seeds)."""
     def metrics(idx: np.ndarray) -> dict[str, float]:
         per = [classification_metrics(p[idx], labels[idx]) for p in probas]
-        return {k: float(np.nanmean([m[k] for m in per])) for k in per[0]}
+        return {k: _finite_mean([m[k] for m in per]) for k in per[0]}
 
     point = metrics(np.arange(len(labels)))
     rng = np.random.default_rng(seed)

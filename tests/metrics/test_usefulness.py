@@ -139,3 +139,20 @@ def test_summary_withholds_ratio_and_gains_when_the_real_baseline_is_at_chance()
     assert s["headline"].endswith("gain")
     # Two classes: chance is 0.5, and an interval that touches it counts as including it.
     assert summarise(_scenarios((0.58, 0.50, 0.66), others), 2)["withheld_reason"] is not None
+
+
+def test_one_class_resamples_are_skipped_without_a_warning() -> None:
+    """A bootstrap resample of a tiny test set can hold one class (AUC undefined): it is left out
+    of the CI, and numpy's "Mean of empty slice" warning does not reach the terminal (it did,
+    in `fundus demo --quick`)."""
+    import warnings
+
+    from fundus_cli.metrics.usefulness import seed_averaged_with_ci
+
+    labels = np.array([0, 1, 0])
+    probas = [np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]), np.array([[0.7, 0.3], [0.4, 0.6], [0.9, 0.1]])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = seed_averaged_with_ci(probas, labels, seed=0, n_boot=40)
+    assert out["macro_auc"]["value"] == 1.0  # both seeds rank the one positive first
+    assert out["macro_auc"]["ci_low"] == out["macro_auc"]["ci_high"] == 1.0  # from the two-class resamples
