@@ -86,8 +86,10 @@ def line_strength(x: Tensor, image_size: int) -> Tensor:
     pixel's best scale sigma, sigma^2 (l1 - |l2|), where l1 is the curvature across a dark line
     (upwards) and l2 the curvature along it. A line scores its depth below its surroundings; a
     dot or blob curves up both ways and a saddle or checkerboard both ways opposite, and score
-    ~0, which the black top-hat (`dark_lines`) does not tell apart from vessels. Differentiable."""
-    g = x[:, 1:2]
+    ~0, which the black top-hat (`dark_lines`) does not tell apart from vessels. Differentiable.
+    Computed in float32 and returned in x's dtype: in float16 the square root's epsilon (1e-12)
+    rounds to 0, and its gradient on flat regions becomes infinite."""
+    g = x[:, 1:2].float()
     best = torch.zeros_like(g)
     for sigma in sorted({max(MIN_SIGMA, image_size * f) for f in LINE_SCALES}):
         p = F.pad(_blur(g, sigma), (1, 1, 1, 1), mode="replicate")
@@ -99,7 +101,7 @@ def line_strength(x: Tensor, image_size: int) -> Tensor:
         root = torch.sqrt(((gxx - gyy) / 2) ** 2 + gxy**2 + 1e-12)
         # across - |along| = half + root - |half - root|; <= 0 unless across > 0
         best = torch.maximum(best, F.relu(half + root - (half - root).abs()) * sigma**2)
-    return best
+    return best.to(x.dtype)
 
 
 def dark_lines(x: Tensor, image_size: int) -> Tensor:

@@ -46,11 +46,9 @@ AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 # at 256 px on an H200 (large, 1,141 steps) and at 64 px on a CPU (large's and default's settings);
 # default at 64 px, 20 CPU-minutes on IDRiD, fixed -> ADA: recall 0.00 -> 0.25, KID 2.55 -> 0.56 x1e-3.
 # The demo GAN at 64 px gives its D the Hessian line strength instead of the top-hat (vessel_lines
-# 28, vessel 0): on 413 IDRiD photographs, 30 CPU-minutes, seeds 0 / 1, mean vessel fraction of
-# the samples 0.0187 / 0.0162 -> 0.0224 / 0.0207 (real 0.026), vessel-density distance 0.0082 /
-# 0.0102 -> 0.0058 / 0.0076 (real baseline 0.0038), sharpness 106 / 102 -> 80 / 68 (real 74);
-# KID excess -0.08 / -0.08 -> 0.19 / 0.16 x1e-3 (within its CI). Not measured above 64 px or in
-# the other presets, which keep the top-hat.
+# 28, vessel 0; more vessels and sharpness at the real baseline's on two seeds, KID excess +0.25:
+# models/d_inputs.py has the figures). Not measured above 64 px or in the other presets, which
+# keep the top-hat.
 STRIDED_D_INPUTS = {"detail": 2.0, "vessel": 8.0, "vessel_lines": 0.0}  # the strided D's input gains (models/d_inputs.py says why)
 _LONG_AUG = "color,translation,cutout"  # DiffAugment's policy for small data (Zhao et al. 2020)
 _PRESET_VALUES: dict[str, dict[str, Any]] = {

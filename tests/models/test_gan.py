@@ -323,6 +323,17 @@ def test_line_strength_answers_to_lines_not_dots_or_checkerboards() -> None:
     assert x.grad is not None and float(x.grad[:, 1].abs().sum()) > 0 and float(x.grad[:, 0].abs().sum()) == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_line_strength_gradients_stay_finite_in_half_precision(dtype: torch.dtype) -> None:
+    # under fp16 autocast the D's input is float16; computed in it, the square root's epsilon
+    # rounded to 0 and flat regions sent infinite gradients back to G
+    for image in (torch.zeros(2, 3, 32, 32), torch.rand(2, 3, 32, 32) * 0.01):
+        x = image.to(dtype).requires_grad_(True)
+        out = line_strength(x, 32)
+        out.sum().backward()
+        assert out.dtype == dtype and x.grad is not None and bool(torch.isfinite(x.grad).all())
+
+
 def test_vessel_discriminator_sees_one_more_channel() -> None:
     torch.manual_seed(0)
     gan = build_model("gan", {"image_size": 32, "detail": 4.0, "vessel": 4.0, **TINY})
