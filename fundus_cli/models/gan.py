@@ -75,9 +75,7 @@ class GANConfig(ModelConfig):
                               f"got {self.discriminator!r}")
         if self.upsample not in ("nearest", "bilinear"):
             raise FundusError(f"GANConfig.upsample must be nearest or bilinear, got {self.upsample!r}")
-        if self.detail < 0:
-            raise FundusError(f"GANConfig.detail must be >= 0 (0 = off), got {self.detail}")
-        for name in ("vessel", "vessel_lines"):
+        for name in ("detail", "vessel", "vessel_lines"):
             if getattr(self, name) < 0:
                 raise FundusError(f"GANConfig.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
         used = [n for n in ("detail", "vessel", "vessel_lines", "patch_head") if getattr(self, n)]

@@ -193,7 +193,7 @@ def _check_choices(cfg: TrainConfig) -> None:
         raise FundusError(f"--gan-loss {cfg.gan_loss!r}: choose hinge or nonsaturating.")
     if cfg.discriminator not in ("strided", "resnet"):
         raise FundusError(f"--discriminator {cfg.discriminator!r}: choose strided or resnet.")
-    for name in ("detail", "vessel", "vessel_lines"):
+    for name in STRIDED_D_INPUTS:
         value = getattr(cfg, name)
         if value is not None and not 0 <= value < math.inf:  # also refuses NaN
             raise FundusError(f"{name} {value!r}: give a finite gain >= 0 (0 = off).")
