@@ -39,7 +39,8 @@ one after another, or `--jobs 2` at a time as separate processes (each still one
 `--variant NAME=BASE:KEY=VALUE,...` adds a contestant defined on the command line: BASE's
 definition with those TrainConfig fields set (values read as JSON, else as text), so a setting
 can be tried side by side without editing CONTESTANTS; it may repeat, and each variant runs
-after the `--contestants` named.
+after the `--contestants` named (`--contestants ''` runs the variants alone, to add a contestant
+to an earlier run at the same seed).
 The run length is set by the CPU budget, so steps=10**6 would make any schedule defined as a
 share of the run meaningless; the one such default (the VAE's KL warm-up, steps / 5) is pinned
 to the demo preset's 120 steps for both VAEs (HARNESS below). A pinned setting that is not a
@@ -539,7 +540,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=30.0, help="CPU budget of each contestant, minutes (30)")
     ap.add_argument("--size", type=int, default=64, choices=(64, 128), help="image size, px (64)")
     ap.add_argument("--data", default="idrid516", choices=tuple(DATASETS), help="photographs (idrid516)")
-    ap.add_argument("--contestants", default=",".join(CONTESTANTS), help="comma-separated (all)")
+    ap.add_argument("--contestants", default=",".join(CONTESTANTS),
+                    help="comma-separated (all); may be '' when --variant names the contestants")
     ap.add_argument("--samples", type=int, default=512, help="images sampled per contestant (512)")
     ap.add_argument("--seed", type=int, default=0,
                     help="training seed of every contestant (0); the data split and the samples' seed stay 0")
@@ -558,7 +560,7 @@ def main() -> None:
         return
     names = [c.strip() for c in args.contestants.split(",") if c.strip()]
     unknown = [c for c in names if c not in CONTESTANTS]
-    if unknown or not names:
+    if unknown or not (names or args.variant):
         ap.error(f"--contestants: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(CONTESTANTS)}")
     specs = {n: CONTESTANTS[n] for n in names}
     for text in args.variant:
