@@ -343,6 +343,26 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     return name, {**spec, "title": title, "overrides": {**spec["overrides"], **overrides}}
 
 
+def select_contestants(contestants: str, variants: list[str]) -> dict[str, dict[str, Any]]:
+    """`--contestants` (comma-separated names) and the `--variant`s, in that order; the names may
+    be none where variants are given."""
+    names = [c.strip() for c in contestants.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CONTESTANTS]
+    if unknown or not (names or variants):
+        raise ValueError(f"--contestants: unknown {', '.join(unknown) or '(none given)'}; "
+                         f"choose from {', '.join(CONTESTANTS)}, or give '' and a --variant")
+    specs = {n: CONTESTANTS[n] for n in names}
+    for text in variants:
+        try:
+            name, spec = parse_variant(text)
+        except ValueError as e:
+            raise ValueError(f"--variant {e}") from None
+        if name in specs:
+            raise ValueError(f"--variant {text!r}: {name} is given twice")
+        specs[name] = spec
+    return specs
+
+
 def run_contestant(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     name, spec = job["name"], job["spec"]
@@ -558,19 +578,10 @@ def main() -> None:
         res = run_contestant(job)
         (Path(job["dir"]) / "result.json").write_text(json.dumps(res, indent=1, default=str), encoding="utf-8")
         return
-    names = [c.strip() for c in args.contestants.split(",") if c.strip()]
-    unknown = [c for c in names if c not in CONTESTANTS]
-    if unknown or not (names or args.variant):
-        ap.error(f"--contestants: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(CONTESTANTS)}")
-    specs = {n: CONTESTANTS[n] for n in names}
-    for text in args.variant:
-        try:
-            name, spec = parse_variant(text)
-        except ValueError as e:
-            ap.error(f"--variant {e}")
-        if name in specs:
-            ap.error(f"--variant {text!r}: {name} is given twice")
-        specs[name] = spec
+    try:
+        specs = select_contestants(args.contestants, args.variant)
+    except ValueError as e:
+        ap.error(str(e))
     names = list(specs)
     minutes = QUICK_MINUTES if args.quick else args.minutes
     samples = 64 if args.quick else args.samples

@@ -68,6 +68,18 @@ def test_a_variant_is_its_base_with_typed_overrides(bench) -> None:
             bench.parse_variant(bad)
 
 
+def test_contestants_and_variants_are_selected_in_order(bench) -> None:
+    specs = bench.select_contestants("gan, dcgan", ["g2=gan:lr=0.001"])
+    assert list(specs) == ["gan", "dcgan", "g2"]
+    alone = bench.select_contestants("", ["g2=gan:lr=0.001"])  # a contestant added to an earlier run
+    assert list(alone) == ["g2"] and alone["g2"]["overrides"]["lr"] == 0.001
+    for contestants, variants, message in (("", [], "none given"), ("gan,nope", [], "nope"),
+                                           ("gan", ["gan2=gan:lr=1", "gan2=gan:lr=2"], "twice"),
+                                           ("gan", ["g=gan:nope=1"], "--variant")):
+        with pytest.raises(ValueError, match=message):
+            bench.select_contestants(contestants, variants)
+
+
 def test_dcgan_samples_table_and_figure(bench, tiny_data: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     g = nn.Sequential(nn.ConvTranspose2d(100, 3, 32), nn.Tanh()).eval()  # 32 px, like tiny_data
