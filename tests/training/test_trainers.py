@@ -131,7 +131,7 @@ def test_the_resnet_discriminator_trains_without_the_strided_ones_input_channels
     resnet = resolved(discriminator="resnet")
     assert (resnet.detail, resnet.vessel, resnet.vessel_lines) == (0.0, 0.0, 0.0)
     assert type(build_model("gan", model_config(resnet, 2)).discriminator).__name__ == "Discriminator"
-    assert (resolved().detail, resolved().vessel, resolved().vessel_lines) == (2.0, 0.0, 28.0)
+    assert (resolved().detail, resolved().vessel, resolved().vessel_lines) == (0.0, 0.0, 28.0)
     with pytest.raises(FundusError, match="vessel_lines"):
         build_model("gan", model_config(resolved(discriminator="resnet", vessel_lines=4.0), 2))
     with pytest.raises(FundusError, match="vessel"):
@@ -213,8 +213,8 @@ def test_the_logged_d_loss_is_the_adversarial_loss_alone_and_lecam_its_own_colum
 
 
 def test_the_demo_gan_gives_its_d_the_line_strength_at_64_px_and_the_top_hat_elsewhere() -> None:
-    """vessel_lines was measured in the demo preset at 64 px only; every other preset and size keeps
-    the top-hat (vessel 8), and what the user sets wins."""
+    """vessel_lines and detail 0 were measured in the demo preset at 64 px only; every other preset
+    and size keeps the high-pass copy and the top-hat (detail 2, vessel 8), and what the user sets wins."""
     from fundus_cli.models import build_model
     from fundus_cli.training.config import TrainConfig, model_config, resolve
 
@@ -223,12 +223,12 @@ def test_the_demo_gan_gives_its_d_the_line_strength_at_64_px_and_the_top_hat_els
                       n_classes=2, device=torch.device("cpu"))
         return cfg.detail, cfg.vessel, cfg.vessel_lines
 
-    assert gains("demo", 64) == (2.0, 0.0, 28.0)
-    assert gains("demo", 32) == (2.0, 0.0, 28.0)
+    assert gains("demo", 64) == (0.0, 0.0, 28.0)
+    assert gains("demo", 32) == (0.0, 0.0, 28.0)
     assert gains("demo", 128) == (2.0, 8.0, 0.0)
     assert gains("default", 64) == gains("large", 64) == (2.0, 8.0, 0.0)
-    assert gains("demo", 64, vessel=8.0) == (2.0, 8.0, 28.0)
+    assert gains("demo", 64, vessel=8.0, detail=2.0) == (2.0, 8.0, 28.0)
     assert gains("demo", 128, vessel_lines=5.0, vessel=0.0) == (2.0, 0.0, 5.0)
     cfg = resolve(TrainConfig(arch="gan", preset="demo"), stored_size=64, n_images=100, n_classes=2,
                   device=torch.device("cpu"))
-    assert build_model("gan", model_config(cfg, 2)).discriminator.features[0].in_channels == 7  # RGB, high-pass, lines
+    assert build_model("gan", model_config(cfg, 2)).discriminator.features[0].in_channels == 4  # RGB, lines
