@@ -109,7 +109,7 @@ class TrainConfig:
     discriminator: str = "strided"  # strided (learns detail fast) | resnet
     patch_head: bool = False  # discriminator also judges 10x10-pixel neighbourhoods
     upsample: str = "bilinear"  # generator upsampling: bilinear | nearest (blocky on short runs)
-    detail: float | None = None  # GAN: strided D also sees the image's high-pass copy times this (0 = off; default 2)
+    detail: float | None = None  # GAN: strided D also sees the image's high-pass copy times this (0 = off; default 2, 0 in the demo preset at 64 px)
     vessel: float | None = None  # GAN: strided D also sees the green channel's dark thin lines times this (0 = off; default 8, 0 in the demo preset at 64 px)
     vessel_lines: float | None = None  # GAN: strided D also sees the green channel's Hessian line strength times this (0 = off; default 28 in the demo preset at 64 px, else 0)
     ada_target: float | None = None  # adaptive augmentation: target E[sign D(real)] (0 = fixed policy; default: by preset)
