@@ -56,7 +56,7 @@ _PRESET_VALUES: dict[str, dict[str, Any]] = {
     "demo": {"size": 64, "batch": 32, "width": 16, "latent_dim": 128,
              "gan": {"batch": 16, "lr": 5e-4, "diffaugment": "", "lecam": 0.1, "detail": 0.0, "vessel": 0.0,
                      "vessel_lines": 28.0},
-             "over_64": {"gan": {"lr": 2e-4, "lecam": 0.0, "detail": 2.0, "vessel": 8.0, "vessel_lines": 0.0}},
+             "over_64": {"gan": {"lr": 2e-4, "lecam": 0.0, **STRIDED_D_INPUTS}},  # the D's usual inputs again
              "steps_cpu": {"vae": 400, "gan": 1500}, "steps_gpu": {"vae": 3000, "gan": 5000}},
     "default": {"size": 64, "size_gpu": 128, "batch": 32, "width": 32, "width_gpu": 64, "latent_dim": 128,
                 "gan": {"batch": 32, "lr": 2e-4, "diffaugment": _LONG_AUG, "ada_target": 0.6, "lecam": 0.1},
