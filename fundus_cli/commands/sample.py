@@ -78,13 +78,14 @@ class Sampler:
         self.arch = ckpt["arch"]
         self.device = device
         mc = ckpt["model_config"]
-        self.latent_dim = int(mc["latent_dim"])
         self.num_classes = int(mc.get("num_classes", 0))
         self.image_size = int(mc["image_size"])
         if self.arch not in ARCHITECTURES:
             raise FundusError(f"checkpoint architecture {self.arch!r} cannot be sampled")
         self.spec = ARCHITECTURES[self.arch]
-        net = self.spec.network(self.spec.build(mc), self.spec.sampler)
+        model = self.spec.build(mc)
+        self.latent_dim = int(model.config.noise_dim)  # the noise each image is drawn from
+        net = self.spec.network(model, self.spec.sampler)
         ema = ckpt.get("ema") or {}
         net.load_state_dict(ema.get(self.spec.sampler) or ckpt["models"][self.spec.sampler])
         self.net = net.to(device).eval()

@@ -103,6 +103,12 @@ class ModelConfig:
     def channels(self) -> tuple[int, ...]:
         return tuple(self.width * m for m in self.channel_mults)
 
+    @property
+    def noise_dim(self) -> int:
+        """Size of the standard-normal vector the model draws an image from (z, plus any
+        further noise an architecture adds)."""
+        return self.latent_dim
+
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
 

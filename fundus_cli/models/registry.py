@@ -50,7 +50,7 @@ def _generate(net: nn.Module, z: Tensor, y: Tensor | None) -> Tensor:
 # Ordered as `--arch` lists them.
 ARCHITECTURES: dict[str, Architecture] = {
     "vae": Architecture(name="vae", build=build_vae, networks={"vae": ""}, sampler="vae", draw=_decode,
-                        scale_option="temperature", train_options={}),
+                        scale_option="temperature", train_options={"local_latent": int}),
     "gan": Architecture(name="gan", build=build_gan,
                         networks={"generator": "generator", "discriminator": "discriminator"},
                         sampler="generator", draw=_generate, scale_option="truncation",

@@ -2,7 +2,16 @@
 
 Encoder: conv -> [residual block, stride-2 conv] per level down to 4x4 -> linear -> (mu, logvar).
 Decoder: linear -> 4x4 -> [conv, nearest upsample, residual block] per level -> conv -> tanh,
-then the field-of-view mask paints the surround black. With `num_classes > 0` a label
+then the field-of-view mask paints the surround black.
+
+With `local_latent` c > 0 a second, spatial latent of c channels on the 8x8 grid joins the
+global z (a two-level hierarchical VAE, as in NVAE / Ladder VAEs): after the decoder's first
+level a prior head predicts its Gaussian from the decoder's 8x8 features (so from z alone), the
+posterior head from those features and the encoder's 8x8 features, and its KL is taken
+against that learned prior. The global z places the disc, the macula and the colour; the local
+cells can say where vessels run, which a 128-number z under the KL cannot afford to.
+Sampling stays one draw of N(0, I): the noise vector is z followed by the local cells'
+standard-normal noise, which the prior head's mean and scale turn into the local latent. With `num_classes > 0` a label
 embedding is added as a per-channel bias inside every residual block of both halves and is
 concatenated to z at the decoder input.
 
@@ -34,6 +43,7 @@ from fundus_cli.models.layers import (
 
 # exp(logvar) beyond these overflows in bf16/fp16 or makes the KL term explode early on
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+LOCAL_GRID = 8  # the local latent's cells per side (the decoder's first level above the 4x4 bottom)
 
 
 @dataclass(frozen=True)
@@ -41,11 +51,19 @@ class VAEConfig(ModelConfig):
     # image_size, width, channel_mults, latent_dim, num_classes: see ModelConfig (the class conditions both halves)
     class_embed_dim: int = 64  # size of the label embedding (unused when unconditional)
     orient: bool = False  # trained with every optic disc on the right; eval-mode decode mirrors half
+    local_latent: int = 0  # channels of the spatial latent on the 8x8 grid (0 = global z only)
+
+    @property
+    def noise_dim(self) -> int:
+        """Size of the standard-normal vector that `decode` maps to an image."""
+        return self.latent_dim + self.local_latent * LOCAL_GRID * LOCAL_GRID
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.class_embed_dim < 1:
             raise FundusError(f"VAEConfig.class_embed_dim must be >= 1, got {self.class_embed_dim}")
+        if self.local_latent < 0:
+            raise FundusError(f"VAEConfig.local_latent must be >= 0, got {self.local_latent}")
 
 
 def _groups(channels: int) -> int:
@@ -108,53 +126,106 @@ class VAE(nn.Module):
         self.dec_norm = nn.GroupNorm(_groups(ch[0]), ch[0])
         self.dec_out = nn.Conv2d(ch[0], IMAGE_CHANNELS, 3, padding=1)
         self.register_buffer("fov_mask", fov_mask_buffer(config.image_size))
+        c_loc = config.local_latent
+        if c_loc:
+            # at 8x8 the encoder's last block and the decoder's first have ch[-1] channels
+            self.loc_prior = nn.Sequential(nn.GroupNorm(_groups(ch[-1]), ch[-1]), nn.SiLU(),
+                                           nn.Conv2d(ch[-1], 2 * c_loc, 3, padding=1))
+            self.loc_post = nn.Sequential(nn.GroupNorm(_groups(2 * ch[-1]), 2 * ch[-1]), nn.SiLU(),
+                                          nn.Conv2d(2 * ch[-1], 2 * c_loc, 3, padding=1))
+            self.loc_in = nn.Conv2d(c_loc, ch[-1], 1)
+            for head in (self.loc_prior[-1], self.loc_post[-1]):  # start at the prior N(0, I), posterior = prior
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
 
     def _cond(self, y: Tensor | None, batch: int) -> Tensor | None:
         check_labels(y, self.config.num_classes, batch)
         return None if self.embed is None else self.embed(y)
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Images (B, 3, S, S) in [-1, 1] -> (mu, logvar), each (B, latent_dim)."""
+        """Images (B, 3, S, S) in [-1, 1] -> (mu, logvar) of the global z, each (B, latent_dim)."""
+        mu, logvar, _ = self._encode(x, y)
+        return mu, logvar
+
+    def _encode(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(mu, logvar, the encoder's 8x8 features for the local latent's posterior)."""
         cond = self._cond(y, x.shape[0])
         h = self.enc_in(x)
         for block, down in zip(self.enc_blocks, self.enc_down):
-            h = down(block(h, cond))
+            h = block(h, cond)
+            if h.shape[-1] == LOCAL_GRID:
+                feat8 = h
+            h = down(h)
         h = F.silu(self.enc_norm(self.enc_mid(h, cond)))
         mu, logvar = self.enc_out(h.flatten(1)).chunk(2, dim=1)
-        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX), feat8
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        """Latents (B, latent_dim) -> images (B, 3, S, S) in [-1, 1], black outside the mask.
+        """Noise (B, noise_dim) -> images (B, 3, S, S) in [-1, 1], black outside the mask.
 
-        With `orient`, eval mode (sampling) mirrors the images whose z[:, 0] < 0, giving back
-        left eyes to a model trained on photographs turned to one side."""
-        x = self._decode(z, y)
+        The noise is the global z, then (with `local_latent`) the local cells' standard-normal
+        noise, scaled and shifted by the prior head. With `orient`, eval mode (sampling) mirrors
+        the images whose z[:, 0] < 0, giving back left eyes to a model trained on photographs
+        turned to one side."""
+        d = self.config.latent_dim
+        if z.dim() != 2 or z.shape[1] != self.config.noise_dim:
+            raise ValueError(f"decode needs noise of shape (B, {self.config.noise_dim}), got {tuple(z.shape)}")
+        x, _ = self._decode(z[:, :d], y, local_eps=z[:, d:])
         if self.config.orient and not self.training:
             x = mirror_by_latent(x, z)
         return x
 
-    def _decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+    def reconstruct(self, x: Tensor, y: Tensor | None, eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Encode, sample the posterior with the given standard-normal noise (B, noise_dim),
+        decode: (x_hat, mu, logvar, the local latent's KL per image (B,), zeros without one)."""
+        d = self.config.latent_dim
+        mu, logvar, feat8 = self._encode(x, y)
+        z = mu.float() + torch.exp(0.5 * logvar.float()) * eps[:, :d]
+        x_hat, kl_local = self._decode(z, y, local_eps=eps[:, d:], feat8=feat8)
+        return x_hat, mu, logvar, kl_local
+
+    def _decode(self, z: Tensor, y: Tensor | None, *, local_eps: Tensor,
+                feat8: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Images, and the local latent's KL per image when `feat8` (the encoder's 8x8
+        features) gives its posterior; without them the local latent is drawn from its prior."""
         cond = self._cond(y, z.shape[0])
         zc = z if cond is None else torch.cat([z, cond.to(z.dtype)], dim=1)
         c = self.config.channels[-1]
         h = self.dec_mid(self.dec_in(zc).view(-1, c, BOTTOM_SIZE, BOTTOM_SIZE), cond)
+        kl_local = torch.zeros(z.shape[0], device=z.device)
         for up, block in zip(self.dec_up, self.dec_blocks):
             h = block(F.interpolate(up(h), scale_factor=2.0, mode="nearest"), cond)
+            if self.config.local_latent and h.shape[-1] == LOCAL_GRID:
+                h, kl_local = self._local(h, local_eps, feat8)
         x = torch.tanh(self.dec_out(F.silu(self.dec_norm(h))))
-        return apply_fov_mask(x, self.fov_mask)
+        return apply_fov_mask(x, self.fov_mask), kl_local
+
+    def _local(self, h: Tensor, eps: Tensor, feat8: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Add the local latent to the decoder's 8x8 features: drawn from the prior head's
+        Gaussian, or from the posterior's (then also its KL against that prior, per image)."""
+        c_loc = self.config.local_latent
+        eps = eps.reshape(-1, c_loc, LOCAL_GRID, LOCAL_GRID).to(h.dtype)
+        mu_p, logvar_p = self.loc_prior(h).float().chunk(2, dim=1)
+        logvar_p = logvar_p.clamp(LOGVAR_MIN, LOGVAR_MAX)
+        if feat8 is None:
+            z_loc, kl = mu_p + torch.exp(0.5 * logvar_p) * eps, torch.zeros(h.shape[0], device=h.device)
+        else:
+            # the posterior as a correction of the prior (NVAE's residual form)
+            d_mu, d_logvar = self.loc_post(torch.cat([h, feat8.to(h.dtype)], dim=1)).float().chunk(2, dim=1)
+            mu_q, logvar_q = mu_p + d_mu, (logvar_p + d_logvar).clamp(LOGVAR_MIN, LOGVAR_MAX)
+            z_loc = mu_q + torch.exp(0.5 * logvar_q) * eps
+            kl = gaussian_kl(mu_q, logvar_q, mu_p, logvar_p).flatten(1).sum(dim=1)
+        return h + self.loc_in(z_loc.to(h.dtype)), kl
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """(x_hat, mu, logvar). z is sampled in training mode; eval mode decodes mu, so that
-        evaluation reconstructions are deterministic."""
-        mu, logvar = self.encode(x, y)
-        z = reparameterize(mu, logvar) if self.training else mu
-        return self._decode(z, y), mu, logvar
-
-
-def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """z = mu + sigma * eps, differentiable in mu and logvar."""
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-    return mu + torch.exp(0.5 * logvar) * eps
+        """(x_hat, mu, logvar). z is sampled in training mode; eval mode decodes the posterior
+        means, so that evaluation reconstructions are deterministic."""
+        if self.training:
+            eps = torch.randn(x.shape[0], self.config.noise_dim, device=x.device)
+        else:
+            eps = torch.zeros(x.shape[0], self.config.noise_dim, device=x.device)
+        x_hat, mu, logvar, _ = self.reconstruct(x, y, eps)
+        return x_hat, mu, logvar
 
 
 def build_vae(config: Mapping[str, Any]) -> VAE:
@@ -223,6 +294,11 @@ def reconstruction_loss(
     if ssim_weight > 0:
         per_image = (1 - ssim_weight) * per_image + ssim_weight * (1 - ssim(x_hat, x))
     return per_image.mean() * x[0].numel()
+
+
+def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
+    """KL(N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p))) elementwise."""
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).square()) / logvar_p.exp() - 1)
 
 
 def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:

@@ -104,6 +104,7 @@ class TrainConfig:
     recon: str = "l1"  # l1 | l2
     ssim_weight: float = 0.2  # share of (1 - SSIM) in the reconstruction loss
     adv_weight: float = 0.5  # adversarial term (patch discriminator), relative to the reconstruction's (0 = off)
+    local_latent: int = 0  # channels of a spatial latent on the 8x8 grid beside the global z (0 = off)
     # GAN
     gan_loss: str = "hinge"  # hinge | nonsaturating
     discriminator: str = "strided"  # strided (learns detail fast) | resnet
@@ -128,7 +129,7 @@ def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
 
 # Settings added after runs were saved, with the behaviour those runs had, so that a resumed
 # run's config.json says what its networks do.
-ADDED_SETTINGS: dict[str, Any] = {"vessel_lines": 0.0, "upsample": "nearest", "detail": 0.0, "vessel": 0.0, "lecam": 0.0, "ada_target": 0.0}
+ADDED_SETTINGS: dict[str, Any] = {"local_latent": 0, "vessel_lines": 0.0, "upsample": "nearest", "detail": 0.0, "vessel": 0.0, "lecam": 0.0, "ada_target": 0.0}
 
 
 def config_from_json(d: dict[str, Any]) -> TrainConfig:

@@ -69,10 +69,8 @@ class _VAEForward(nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, x: Tensor, y: Tensor | None, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        mu, logvar = self.vae.encode(x, y)
-        z = mu.float() + torch.exp(0.5 * logvar.float()) * eps
-        return self.vae.decode(z, y), mu, logvar
+    def forward(self, x: Tensor, y: Tensor | None, eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.vae.reconstruct(x, y, eps)
 
 
 class VAETrainer:
@@ -118,12 +116,15 @@ class VAETrainer:
         self.model.train()
         eps = torch.randn(x.shape[0], self.latent_dim, generator=gen).to(self.device)
         with _autocast(self.device, self.amp):
-            x_hat, mu, logvar = self.net(x, y, eps)
+            x_hat, mu, logvar, kl_local = self.net(x, y, eps)
         rec = reconstruction_loss(x_hat, x, kind=self.hp["recon"], ssim_weight=self.hp["ssim_weight"])
-        kl = kl_divergence(mu, logvar)
+        kl_global = kl_divergence(mu, logvar)
+        kl = kl_global + kl_local.mean()
         beta = beta_schedule(step, beta=self.hp["beta"], warmup_steps=self.hp["kl_warmup"])
         loss = rec + beta * kl
         out = {"recon": rec.item(), "kl": kl.item(), "beta": beta}
+        if self.model.config.local_latent:
+            out["kl_local"] = kl_local.mean().item()
         if self.D is not None:
             loss = loss + self._adversarial(x, x_hat, rec, y, gen, out)
         self.opt.zero_grad(set_to_none=True)
@@ -168,7 +169,8 @@ class VAETrainer:
 
     @property
     def latent_dim(self) -> int:
-        return int(self.model.config.latent_dim)
+        """Size of the noise one image is drawn from (z, then the local latent's cells)."""
+        return int(self.model.config.noise_dim)
 
     def state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"models": {"vae": self.model.state_dict()}, "ema": {"vae": self.ema.state_dict()},
