@@ -104,7 +104,7 @@ class TrainConfig:
     recon: str = "l1"  # l1 | l2
     ssim_weight: float = 0.2  # share of (1 - SSIM) in the reconstruction loss
     adv_weight: float = 0.5  # adversarial term (patch discriminator), relative to the reconstruction's (0 = off)
-    local_latent: int = 0  # channels of a spatial latent on the 8x8 grid beside the global z (0 = off)
+    local_latent: int = 8  # VAE: channels of a spatial latent on the 8x8 grid beside the global z (0 = off)
     # GAN
     gan_loss: str = "hinge"  # hinge | nonsaturating
     discriminator: str = "strided"  # strided (learns detail fast) | resnet

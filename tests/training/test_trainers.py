@@ -117,6 +117,17 @@ def test_runs_saved_before_upsample_detail_vessel_and_lecam_existed_keep_their_b
     assert new["detail"] > 0 and new["upsample"] == "bilinear" and new["vessel"] > 0
 
 
+def test_vae_runs_saved_before_the_local_latent_keep_the_global_z_alone() -> None:
+    from fundus_cli.models import build_model
+    from fundus_cli.training.config import TrainConfig, config_from_json, model_config, resolve
+
+    old = model_config(config_from_json({"arch": "vae", "size": 32, "width": 8, "latent_dim": 16}), 2)
+    assert old["local_latent"] == 0 and not hasattr(build_model("vae", old), "loc_prior")
+    new = model_config(resolve(TrainConfig(arch="vae"), stored_size=64, n_images=100, n_classes=2,
+                               device=torch.device("cpu")), 2)
+    assert new["local_latent"] == 8 and build_model("vae", new).config.noise_dim == 128 + 8 * 64
+
+
 def test_the_resnet_discriminator_trains_without_the_strided_ones_input_channels() -> None:
     """detail and vessel are the strided D's: left unset, the resnet D goes without them (it used to
     take the strided D's defaults and refuse them); set by the user, the model refuses them."""
