@@ -33,7 +33,8 @@ SUMMARY = "demo.json"
 ARCHS = ("vae", "gan")
 # The GAN alone by default: with the VAE as well the demo took 34 minutes on an idle 2-core
 # machine (VAE training 607 s, GAN 544 s, each evaluation ~320 s, each audit ~100 s), and the
-# VAE's demo samples are blurred averages that its audit FAILs; `archs` adds it back.
+# VAE's demo samples are blotchy discs without vessels (its audit PASSes since the local latent;
+# before it, it FAILed them as blurred averages of training images); `archs` adds it back.
 DEFAULT_ARCHS = ("gan",)
 MIN_PHOTOS = 60  # below this the holdout (a fifth) is too small for evaluate's PRDC intervals
 # --quick: a smoke test of every step in about a minute; the models learn nothing useful.
