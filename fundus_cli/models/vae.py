@@ -11,9 +11,10 @@ posterior head from those features and the encoder's 8x8 features, and its KL is
 against that learned prior. The global z places the disc, the macula and the colour; the local
 cells can say where vessels run, which a 128-number z under the KL cannot afford to.
 Sampling stays one draw of N(0, I): the noise vector is z followed by the local cells'
-standard-normal noise, which the prior head's mean and scale turn into the local latent. With `num_classes > 0` a label
-embedding is added as a per-channel bias inside every residual block of both halves and is
-concatenated to z at the decoder input.
+standard-normal noise, which the prior head's mean and scale turn into the local latent.
+
+With `num_classes > 0` a label embedding is added as a per-channel bias inside every residual
+block of both halves and is concatenated to z at the decoder input.
 
 Loss helpers (pure functions): `reconstruction_loss` (L1 or L2, optionally mixed with SSIM),
 `kl_divergence` and the warm-up schedule `beta_schedule`.

@@ -118,8 +118,7 @@ class VAETrainer:
         with _autocast(self.device, self.amp):
             x_hat, mu, logvar, kl_local = self.net(x, y, eps)
         rec = reconstruction_loss(x_hat, x, kind=self.hp["recon"], ssim_weight=self.hp["ssim_weight"])
-        kl_global = kl_divergence(mu, logvar)
-        kl = kl_global + kl_local.mean()
+        kl = kl_divergence(mu, logvar) + kl_local.mean()
         beta = beta_schedule(step, beta=self.hp["beta"], warmup_steps=self.hp["kl_warmup"])
         loss = rec + beta * kl
         out = {"recon": rec.item(), "kl": kl.item(), "beta": beta}
