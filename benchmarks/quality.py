@@ -73,6 +73,12 @@ Figures (printed as one table, all of them in OUT/quality.json):
                     fundus statistics: Wasserstein-1 distance to the holdout of vessel density,
                     sharpness and optic-disc brightness, and the mean colour-histogram EMD (grey
                     levels); `real train` row: the same distances for the real training images
+    flat%, garish%  shares of all the samples outside the real training photographs' range (their
+                    0.5th-99.5th percentiles, `odd_shares`): flat, less fine detail (the green
+                    Laplacian's spread) than almost any photograph; garish, more fine detail or
+                    more colour patches (spread of R - G or G - B) than almost any; `real train`
+                    row: the holdout's shares (images drawn like the training photographs land
+                    there by chance: about 0.5 % flat and up to 1.5 % garish)
     audit           the privacy audit's verdict on the samples (PASS / WARN / FAIL / INCONCLUSIVE)
 Beware (issue 10): random-CNN KID could not tell vessel-free discs from photographs, and vessel
 density scored checkerboard texture as vessels; read recall, classifier KID and the grids too.
@@ -403,6 +409,7 @@ def run_contestant(job: dict[str, Any]) -> dict[str, Any]:
     # --quick: fewer bootstrap rounds and shorter feature/encoder training (a smoke run, not figures)
     ev_quick = {"n_boot": 20, "usefulness_steps": 50} if job["quick"] else {}
     au_quick = {"encoder_steps": 50, "n_boot": 100} if job["quick"] else {}
+    res["odd"], res["odd_holdout"] = odd_shares(synth, train_h5), odd_shares(holdout_h5, train_h5)
     res["evaluate"] = {}
     for feats in ("random", "classifier"):
         if feats == "classifier" and not job["labelled"]:
@@ -475,6 +482,39 @@ STAT_COLUMNS = (("vessel", "vessel_density", ".4f"), ("colour", "colour_emd", ".
                 ("sharp", "sharpness", ".0f"), ("disc", "disc_brightness", ".2f"))
 
 
+def _image_stats(h5_path: Path) -> np.ndarray:
+    """Per image (N, 3): the spread of the green channel's Laplacian inside the field of view
+    (fine detail: vessels, texture, blotch edges) and the spreads of R - G and of G - B there
+    (colour patches)."""
+    import cv2
+
+    with h5.open_dataset(h5_path) as r:
+        images, masks = r.images(), r.fov_masks()
+    out = np.zeros((len(images), 3))
+    for i, (im, m) in enumerate(zip(images, masks)):
+        x = im.astype(np.float32) / 255
+        inner = cv2.erode((m > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0  # no rim
+        inside = m > 0
+        out[i] = (cv2.Laplacian(x[..., 1], cv2.CV_32F)[inner].std(),
+                  (x[..., 0] - x[..., 1])[inside].std(), (x[..., 1] - x[..., 2])[inside].std())
+    return out
+
+
+def odd_shares(images_h5: Path, train_h5: Path) -> dict[str, float]:
+    """Shares of images outside the training photographs' range (their 0.5th-99.5th percentiles):
+    "flat", less fine detail than almost any photograph (a smooth average); "garish", more fine
+    detail or colour patches than almost any (blotched, checkered or multicoloured samples).
+    The 16-image grid shows one or two of these at best; this counts them over every sample."""
+    real, mine = _image_stats(train_h5), _image_stats(images_h5)
+    lo, hi = np.percentile(real, 0.5, axis=0), np.percentile(real, 99.5, axis=0)
+    return {"flat": float((mine[:, 0] < lo[0]).mean()), "garish": float((mine > hi).any(axis=1).mean()),
+            "n": len(mine)}
+
+
+def _odd(odd: dict[str, Any] | None, key: str) -> str:
+    return _f(None if not odd else 100 * odd[key], ".1f")
+
+
 def _vessel_fraction(e: dict[str, Any], who: str) -> str:
     """Mean vessel fraction of `who`'s images ("synthetic", or "real": the holdout): the distance
     column says how far apart the two distributions are, this one which way (too few vessels or
@@ -485,7 +525,8 @@ def _vessel_fraction(e: dict[str, Any], who: str) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (f"{'':<10} {'min':>5} {'steps':>6} {'img/s':>6} {'KIDx1e3':>8} {'95% CI':>17} {'+floor':>7} {'cls+fl':>7} "
-            f"{'P':>5} {'R':>5} {'v.frac':>7} " + " ".join(f"{c:>7}" for c, _, _ in STAT_COLUMNS) + "  audit")
+            f"{'P':>5} {'R':>5} {'v.frac':>7} " + " ".join(f"{c:>7}" for c, _, _ in STAT_COLUMNS)
+            + f" {'flat%':>6} {'garish%':>7}  audit")
     lines = [head, "-" * len(head)]
     base = next((r for r in results if "evaluate" in r and "kid" in r["evaluate"].get("random", {})), None)
     if base is not None:
@@ -496,7 +537,9 @@ def table(results: list[dict[str, Any]]) -> str:
         lines.append(f"{'real train':<10} {'':>5} {'':>6} {'':>6} {_f(_milli(_v(e, 'kid_real_train')), '.2f'):>8} "
                      f"{ci:>17} {'':>7} {'':>7} {_f(_v(e, 'precision_real_train'), '.2f'):>5} "
                      f"{_f(_v(e, 'recall_real_train'), '.2f'):>5} {_vessel_fraction(e, 'real'):>7} "
-                     + " ".join(f"{_f(tv.get(key), fmt):>7}" for _, key, fmt in STAT_COLUMNS) + "  (the floor)")
+                     + " ".join(f"{_f(tv.get(key), fmt):>7}" for _, key, fmt in STAT_COLUMNS)
+                     + f" {_odd(base.get('odd_holdout'), 'flat'):>6} {_odd(base.get('odd_holdout'), 'garish'):>7}"
+                     + "  (the floor)")
     for r in results:
         if "failed" in r:
             lines.append(f"{r['name']:<10} {r['minutes']:>5g} FAILED: {r['failed']['log']}")
@@ -516,6 +559,7 @@ def table(results: list[dict[str, Any]]) -> str:
                      f"{_f(_v(e, 'precision'), '.2f'):>5} {_f(_v(e, 'recall'), '.2f'):>5} "
                      f"{_vessel_fraction(e, 'synthetic'):>7} "
                      + " ".join(f"{_f(sv.get(key), fmt):>7}" for _, key, fmt in STAT_COLUMNS)
+                     + f" {_odd(r.get('odd'), 'flat'):>6} {_odd(r.get('odd'), 'garish'):>7}"
                      + f"  {r['audit']['decision']}")
     return "\n".join(lines)
 

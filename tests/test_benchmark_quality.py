@@ -109,17 +109,24 @@ def test_dcgan_samples_table_and_figure(bench, tiny_data: Path, tmp_path: Path) 
     block = bench._kid_block(report)
     assert block["kid_excess"] == pytest.approx(0.0392)
     assert block["recall_real_train"]["value"] == 0.8
+    odd = bench.odd_shares(synth, tiny_data / "train.h5")
+    assert odd["n"] == 70 and odd["garish"] > 0.9 and odd["flat"] == 0.0  # an untrained generator's noise
+    itself = bench.odd_shares(tiny_data / "train.h5", tiny_data / "train.h5")
+    # the training images against their own range: at most their extremes (10 images here)
+    assert itself["flat"] <= 0.1 and itself["garish"] <= 0.3
     result = {"name": "dcgan", "title": "DCGAN", "minutes": 0.1, "train": {"steps": 3, "batch": 64,
               "images_per_cpu_second": 10.0}, "samples": {"path": str(synth), "n": 70},
-              "evaluate": {"random": block, "classifier": {"skipped": "x"}}, "audit": {"decision": "PASS"}}
+              "evaluate": {"random": block, "classifier": {"skipped": "x"}}, "audit": {"decision": "PASS"},
+              "odd": {"flat": 0.25, "garish": 0.125, "n": 70}, "odd_holdout": {"flat": 0.0, "garish": 0.02, "n": 12}}
     failed = {"name": "gan", "title": "GAN", "minutes": 0.1, "failed": {"log": "gan/log.txt"}}
     text = bench.table([result, failed])
     lines = text.splitlines()
     assert lines[2].startswith("real train") and lines[3].startswith("dcgan") and "PASS" in lines[3]
     assert lines[3].split()[4:8] == ["43.20", "[42.20,", "44.20]", "39.20"]  # KID, its CI and excess, x 1000
     # the holdout's mean vessel fraction, then the real-train stat distances
-    assert lines[2].split()[-7:-2] == ["0.0260", "0.0100", "9.00", "150", "12.00"]
+    assert lines[2].split()[-9:-4] == ["0.0260", "0.0100", "9.00", "150", "12.00"]
     assert " 0.25  0.12  0.0130  0.0500 " in lines[3]  # P, R, the samples' vessel fraction, its distance
+    assert lines[2].split()[-4:-2] == ["0.0", "2.0"] and lines[3].split()[-3:] == ["25.0", "12.5", "PASS"]  # flat%, garish%
     assert "FAILED" in lines[4]
 
     fig = bench.figure(tmp_path / "quality.png", tiny_data / "holdout.h5", [result, failed], 32)
