@@ -136,7 +136,7 @@ CONTESTANTS: dict[str, dict[str, Any]] = {
                                 "ema_decay": 0.999}},
     "gan": {"kind": "fundus", "arch": "gan", "title": "GAN (current)", "overrides": {}},
     "vae-start": {"kind": "fundus", "arch": "vae", "title": f"VAE @ {START_COMMIT}",
-                  "overrides": {"orient": False, "adv_weight": 0.0, "local_latent": 0, "batch": 32, "lr": 1e-3, "width": 16,
+                  "overrides": {"orient": False, "adv_weight": 0.0, "local_latent": 0, "line_weight": 0.0, "batch": 32, "lr": 1e-3, "width": 16,
                                 "latent_dim": 128, "beta": 1.0, "recon": "l1", "ssim_weight": 0.2,
                                 "ema_decay": 0.999}},
     "vae": {"kind": "fundus", "arch": "vae", "title": "VAE (current)", "overrides": {}},

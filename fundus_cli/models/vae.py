@@ -17,7 +17,8 @@ With `num_classes > 0` a label embedding is added as a per-channel bias inside e
 block of both halves and is concatenated to z at the decoder input.
 
 Loss helpers (pure functions): `reconstruction_loss` (L1 or L2, optionally mixed with SSIM),
-`kl_divergence` and the warm-up schedule `beta_schedule`.
+`line_loss` (L1 between the images' vessel-line maps), `kl_divergence` and the warm-up
+schedule `beta_schedule`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fundus_cli.errors import FundusError
+from fundus_cli.models.d_inputs import line_strength
 from fundus_cli.models.layers import (
     BOTTOM_SIZE,
     ModelConfig,
@@ -295,6 +297,24 @@ def reconstruction_loss(
     if ssim_weight > 0:
         per_image = (1 - ssim_weight) * per_image + ssim_weight * (1 - ssim(x_hat, x))
     return per_image.mean() * x[0].numel()
+
+
+# Line strength times this is about 1 on real photographs' larger vessels (the GAN's D takes its
+# line input at the same gain; models/d_inputs.py).
+LINE_GAIN = 28.0
+
+
+def line_loss(x_hat: Tensor, x: Tensor) -> Tensor:
+    """L1 between the dark-line (vessel) maps of reconstructions and photographs, per image in
+    the units of `reconstruction_loss` (a mean over pixels times the image's size), averaged
+    over the batch. The maps are the green channel's Hessian line strength (`line_strength`)
+    times LINE_GAIN: a line drawn where the photograph has none costs as much as one left out,
+    while smooth shading, dots and blobs (which curve both ways) score about 0 in both maps."""
+    if x_hat.shape != x.shape or x.dim() != 4:
+        raise ValueError(f"line_loss needs two (B, C, H, W) tensors of one shape: {x_hat.shape}, {x.shape}")
+    size = x.shape[-1]
+    diff = LINE_GAIN * (line_strength(x_hat.float(), size) - line_strength(x.float(), size))
+    return diff.abs().flatten(1).mean(dim=1).mean() * x[0].numel()
 
 
 def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:

@@ -105,6 +105,7 @@ class TrainConfig:
     ssim_weight: float = 0.2  # share of (1 - SSIM) in the reconstruction loss
     adv_weight: float = 0.5  # adversarial term (patch discriminator), relative to the reconstruction's (0 = off)
     local_latent: int = 8  # VAE: channels of a spatial latent on the 8x8 grid beside the global z (0 = off)
+    line_weight: float = 1.0  # VAE: weight of the L1 between the reconstruction's and the photograph's vessel-line maps (0 = off)
     # GAN
     gan_loss: str = "hinge"  # hinge | nonsaturating
     discriminator: str = "strided"  # strided (learns detail fast) | resnet
@@ -129,7 +130,7 @@ def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
 
 # Settings added after runs were saved, with the behaviour those runs had, so that a resumed
 # run's config.json says what its networks do.
-ADDED_SETTINGS: dict[str, Any] = {"local_latent": 0, "vessel_lines": 0.0, "upsample": "nearest", "detail": 0.0, "vessel": 0.0, "lecam": 0.0, "ada_target": 0.0}
+ADDED_SETTINGS: dict[str, Any] = {"line_weight": 0.0, "local_latent": 0, "vessel_lines": 0.0, "upsample": "nearest", "detail": 0.0, "vessel": 0.0, "lecam": 0.0, "ada_target": 0.0}
 
 
 def config_from_json(d: dict[str, Any]) -> TrainConfig:
@@ -200,6 +201,8 @@ def _check_choices(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not 0 <= value < math.inf:  # also refuses NaN
             raise FundusError(f"{name} {value!r}: give a finite gain >= 0 (0 = off).")
+    if not 0 <= cfg.line_weight < math.inf:  # also refuses NaN
+        raise FundusError(f"line_weight {cfg.line_weight!r}: give a finite weight >= 0 (0 = off).")
     if cfg.lecam is not None and not 0 <= cfg.lecam < math.inf:  # also refuses NaN
         raise FundusError(f"lecam {cfg.lecam!r}: give a finite weight >= 0 (0 = off).")
     if cfg.ada_target is not None and not 0 <= cfg.ada_target < 1:  # also refuses NaN
@@ -303,7 +306,8 @@ def hyperparameters(cfg: TrainConfig) -> dict[str, Any]:
     return {"lr": cfg.lr, "lr_d": cfg.lr_d, "beta": cfg.beta, "kl_warmup": cfg.kl_warmup, "recon": cfg.recon,
             "ssim_weight": cfg.ssim_weight, "gan_loss": cfg.gan_loss, "r1_gamma": cfg.r1_gamma,
             "r1_every": cfg.r1_every, "diffaugment": cfg.diffaugment, "ema_decay": cfg.ema_decay,
-            "ada_target": cfg.ada_target, "adv_weight": cfg.adv_weight, "lecam": cfg.lecam}
+            "ada_target": cfg.ada_target, "adv_weight": cfg.adv_weight, "lecam": cfg.lecam,
+            "line_weight": cfg.line_weight}
 
 
 def _arch_values(cfg: TrainConfig, size: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from fundus_cli.models import build_model
 from fundus_cli.models.gan import (d_hinge_loss, d_nonsaturating_loss, g_hinge_loss, g_nonsaturating_loss,
                                    r1_penalty)
 from fundus_cli.models.layers import set_fov_mask
-from fundus_cli.models.vae import beta_schedule, kl_divergence, reconstruction_loss
+from fundus_cli.models.vae import beta_schedule, kl_divergence, line_loss, reconstruction_loss
 from fundus_cli.training.diffaugment import diff_augment
 from fundus_cli.training.ema import ema_update, make_ema, standing_statistics
 
@@ -74,7 +74,8 @@ class _VAEForward(nn.Module):
 
 
 class VAETrainer:
-    """beta-VAE, optionally with an adversarial term (hp["adv_weight"] > 0, VAE-GAN style).
+    """beta-VAE, optionally with an adversarial term (hp["adv_weight"] > 0, VAE-GAN style) and
+    a vessel-line term in its reconstruction loss (hp["line_weight"] > 0, `line_loss`).
 
     With the adversarial term a patch discriminator (the GAN's strided D with its patch head)
     learns to tell training photographs from reconstructions and from decoded prior samples,
@@ -118,12 +119,18 @@ class VAETrainer:
         with _autocast(self.device, self.amp):
             x_hat, mu, logvar, kl_local = self.net(x, y, eps)
         rec = reconstruction_loss(x_hat, x, kind=self.hp["recon"], ssim_weight=self.hp["ssim_weight"])
+        line_weight = float(self.hp.get("line_weight", 0.0))
+        if line_weight > 0:
+            lines = line_loss(x_hat, x)
+            rec = rec + line_weight * lines  # part of the reconstruction term, also for the adversarial weight
         kl = kl_divergence(mu, logvar) + kl_local.mean()
         beta = beta_schedule(step, beta=self.hp["beta"], warmup_steps=self.hp["kl_warmup"])
         loss = rec + beta * kl
         out = {"recon": rec.item(), "kl": kl.item(), "beta": beta}
         if self.model.config.local_latent:
             out["kl_local"] = kl_local.mean().item()
+        if line_weight > 0:
+            out["lines"] = lines.item()
         if self.D is not None:
             loss = loss + self._adversarial(x, x_hat, rec, y, gen, out)
         self.opt.zero_grad(set_to_none=True)

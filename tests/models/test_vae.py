@@ -11,6 +11,7 @@ from fundus_cli.models import VAE, VAEConfig, build_model, set_fov_mask
 from fundus_cli.models.vae import (
     beta_schedule,
     kl_divergence,
+    line_loss,
     reconstruction_loss,
     ssim,
 )
@@ -118,6 +119,35 @@ def test_reconstruction_loss() -> None:
     assert reconstruction_loss(off, x, kind="l2").item() == pytest.approx(0.25 * n)
     with pytest.raises(ValueError):
         reconstruction_loss(off, x, kind="l3")
+
+
+def test_line_loss_costs_a_missing_or_extra_vessel_but_not_shading_or_a_blob() -> None:
+    n = 3 * 64 * 64  # in reconstruction_loss's units
+    x = torch.zeros(2, 3, 64, 64)
+    vessel = x.clone()
+    vessel[:, 1, 10:54, 31:33] = -0.3  # a dark vertical line in the green channel
+    missing = line_loss(x, vessel).item()
+    assert line_loss(vessel, vessel).item() == 0.0
+    assert missing > 0.002 * n and line_loss(vessel, x).item() == pytest.approx(missing)  # extra = missing
+    # a line in red or blue alone is not a vessel in the green channel
+    red = x.clone()
+    red[:, 0, 10:54, 31:33] = -0.3
+    assert line_loss(red, x).item() == 0.0
+    # smooth shading (curved only at the borders) and a dark blob of the same depth cost far
+    # less than the thin line
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    shading = x + 0.3 * (xx + yy)[None, None]
+    blob = x - 0.3 * torch.exp(-((xx**2 + yy**2) / 0.02))[None, None]
+    assert line_loss(shading, x).item() < 0.15 * missing
+    assert line_loss(blob, x).item() < 0.15 * missing
+    # its gradient deepens a faint line towards the photograph's
+    rec = (0.5 * vessel).requires_grad_(True)
+    before = line_loss(rec, vessel)
+    before.backward()
+    assert rec.grad is not None and rec.grad[:, 1].abs().sum() > 0 and rec.grad[:, 0].abs().sum() == 0
+    assert line_loss(rec.detach() - 1e-4 * rec.grad, vessel).item() < before.item()
+    with pytest.raises(ValueError, match="one shape"):
+        line_loss(x[:, :, :32], x)
 
 
 def test_beta_schedule_warms_up_linearly() -> None:

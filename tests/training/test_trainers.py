@@ -128,6 +128,32 @@ def test_vae_runs_saved_before_the_local_latent_keep_the_global_z_alone() -> Non
     assert new["local_latent"] == 8 and build_model("vae", new).config.noise_dim == 128 + 8 * 64
 
 
+def test_vae_line_weight_adds_the_vessel_line_term_to_the_reconstruction_loss() -> None:
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    y = torch.tensor([0, 1, 0, 1])
+    outs = []
+    for weight in (0.0, 2.0):
+        torch.manual_seed(0)
+        t = VAETrainer(MODEL, {**VAE_HP, "adv_weight": 0.0, "line_weight": weight}, device=torch.device("cpu"),
+                       fov_mask=None)
+        outs.append(t.step(x, y, 0, torch.Generator().manual_seed(0)))
+    plain, with_lines = outs
+    assert "lines" not in plain and with_lines["lines"] > 0
+    assert with_lines["recon"] == pytest.approx(plain["recon"] + 2.0 * with_lines["lines"], rel=1e-5)
+
+
+def test_vae_runs_saved_before_the_line_term_train_without_it_and_bad_weights_are_refused() -> None:
+    from fundus_cli.errors import FundusError
+    from fundus_cli.training.config import TrainConfig, config_from_json, hyperparameters, resolve
+
+    assert hyperparameters(config_from_json({"arch": "vae"}))["line_weight"] == 0.0
+    assert hyperparameters(TrainConfig(arch="vae"))["line_weight"] == 1.0
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(FundusError, match="line_weight"):
+            resolve(TrainConfig(arch="vae", line_weight=bad), stored_size=64, n_images=100, n_classes=2,
+                    device=torch.device("cpu"))
+
+
 def test_the_resnet_discriminator_trains_without_the_strided_ones_input_channels() -> None:
     """detail and vessel are the strided D's: left unset, the resnet D goes without them (it used to
     take the strided D's defaults and refuse them); set by the user, the model refuses them."""
